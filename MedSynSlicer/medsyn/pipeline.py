@@ -10,7 +10,6 @@ from typing import Any, Optional
 
 import torch
 
-from . import __version__
 from .codec import DecodedVolume, decode_volume, lowres_to_sr_condition
 from .diffusion.ddim import ddim_sample
 from .diffusion.guidance import LowResDenoiser, SRDenoiser
@@ -87,7 +86,7 @@ class MedSynPipeline:
         settings = {
             "prompt": report, "seed": int(seed), "steps": steps, "sr_steps": None if low_res_only else sr_steps,
             "guidance": guidance, "sampler": f"ddim (eta=0, {card.lowres.combine} CFG)", "model": card.name,
-            "weights_sha256": loaded.weights_sha256, "device": str(loaded.device), "software": f"medsyn {__version__}",
+            "weights_sha256": loaded.weights_sha256, "device": str(loaded.device),
             "low_res_only": low_res_only, "timings": timings,
         }
         window = card.hu_window

@@ -17,7 +17,7 @@ from medsyn.models.card import load_card
 from tiny_model import build_tiny_model
 
 OUTPUTS = {"ct.nii.gz", "lobes.nii.gz", "airway.nii.gz", "vessels.nii.gz", "segmentation.seg.nrrd",
-           "provenance.json", "preview.png"}
+           "provenance.json", "preview.png", "lowres.nii.gz", "lowres_lobes.nii.gz"}
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ Layout (every volume on its own grid, CT and masks of one resolution share it ex
 
 - ``ct.nii.gz`` (int16 HU), ``lobes.nii.gz`` (uint8 0..5), ``airway.nii.gz``, ``vessels.nii.gz`` (uint8 0/1)
 - ``segmentation.seg.nrrd``: the same anatomy as seven named Slicer segments
-- ``lowres_ct.nii.gz``, ``lowres_lobes.nii.gz``, ``lowres_airway.nii.gz``, ``lowres_vessels.nii.gz``,
+- ``lowres.nii.gz`` (CT), ``lowres_lobes.nii.gz``, ``lowres_airway.nii.gz``, ``lowres_vessels.nii.gz``,
   ``lowres_segmentation.seg.nrrd``: the low-res stage result on its own coarser grid, when there is one. Separate 3-D
   files rather than one 4-channel volume because Slicer cannot load a 4-D NIfTI as a CT plus label maps.
 - ``provenance.json`` (``"synthetic": true``, settings, both grids) and ``preview.png``.
@@ -147,7 +147,7 @@ def _write_anatomy_volumes(folder: Path, prefix: str, volume: DecodedVolume, gri
     """CT, the three label maps and the Slicer segmentation of one resolution, keyed ``<prefix><role>``."""
     arrays = {"ct": volume.ct_hu, "lobes": volume.lobes, "airway": volume.airway, "vessels": volume.vessels}
     written = {
-        prefix + role: write_volume(folder / f"{prefix}{role}.nii.gz", array, grid, SYNTHETIC_DESCRIPTION)
+        prefix + role: write_volume(folder / _volume_name(prefix, role), array, grid, SYNTHETIC_DESCRIPTION)
         for role, array in arrays.items()
     }
     written[prefix + "segmentation"] = write_seg_nrrd(
@@ -159,3 +159,8 @@ def _write_anatomy_volumes(folder: Path, prefix: str, volume: DecodedVolume, gri
         SYNTHETIC_DESCRIPTION,
     )
     return written
+
+
+def _volume_name(prefix: str, role: str) -> str:
+    """``ct.nii.gz``, ``lobes.nii.gz``…; the low-res CT is ``lowres.nii.gz`` (the name users of MedSyn look for)."""
+    return "lowres.nii.gz" if (prefix, role) == ("lowres_", "ct") else f"{prefix}{role}.nii.gz"

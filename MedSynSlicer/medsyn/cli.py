@@ -123,7 +123,13 @@ def _add_tools(sub) -> None:
     p.set_defaults(func=cmd_phantom)
 
 
-COMMAND_GROUPS: list[Callable] = [_add_generate, _add_models, _add_tools]
+def _add_training(sub) -> None:
+    from .training.cli import add_training_commands
+
+    add_training_commands(sub)
+
+
+COMMAND_GROUPS: list[Callable] = [_add_generate, _add_models, _add_tools, _add_training]
 
 
 def build_parser() -> argparse.ArgumentParser:

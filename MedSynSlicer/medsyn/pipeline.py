@@ -35,9 +35,8 @@ class GenerationResult:
 
 def model_grids(loaded: LoadedModel) -> tuple[Grid, Grid]:
     """(SR grid, low-res grid) from the model card."""
-    g = loaded.card.grid
-    grid = Grid(tuple(g.shape_zyx), tuple(g.spacing_xyz), tuple(g.origin_lps), tuple(g.direction_lps))
-    return grid, grid.downsampled(g.sr_factor)
+    grid = loaded.card.grid.to_grid()
+    return grid, grid.downsampled(loaded.card.grid.sr_factor)
 
 
 class MedSynPipeline:

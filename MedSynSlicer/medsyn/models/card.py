@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import MedSynError
+
+if TYPE_CHECKING:
+    from ..geometry import Grid
 
 CARD_FILE = "model_card.json"
 FORMAT_VERSION = 1
@@ -44,6 +47,12 @@ class GridCard:
     @property
     def shape_zyx(self) -> list[int]:
         return [n * self.sr_factor for n in self.lowres_shape_zyx]
+
+    def to_grid(self) -> "Grid":
+        """The SR-resolution grid as a :class:`~medsyn.geometry.Grid` (low-res: ``.downsampled(sr_factor)``)."""
+        from ..geometry import Grid
+
+        return Grid(tuple(self.shape_zyx), tuple(self.spacing_xyz), tuple(self.origin_lps), tuple(self.direction_lps))
 
 
 @dataclass

@@ -1,0 +1,84 @@
+"""CLI wiring for the training side: ``medsyn train``, ``medsyn export-model`` and ``medsyn pretrain-text``."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps", "batch_size", "grad_accum", "lr",
+                 "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .trainer import train
+
+    config = TrainConfig.from_cli_args(**{name: getattr(args, name) for name in TRAIN_OPTIONS})
+    result = train(config)  # the trainer draws its own progress bar
+    print(f"trained {result.steps} steps in {result.wall_time_s:.0f} s; final loss {result.loss:.4f}; "
+          f"checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    folder = export_model(Path(args.lowres), Path(args.out), name=args.name, license=args.license,
+                          sr=Path(args.sr) if args.sr else None, description=args.description,
+                          intended_use=args.intended_use,
+                          text_encoder=Path(args.text_encoder) if args.text_encoder else None, weights=args.weights,
+                          lowres_steps=args.steps, sr_steps=args.sr_steps, guidance_scale=args.guidance)
+    print(f"model written to {folder}")
+    return 0
+
+
+def cmd_pretrain_text(args: argparse.Namespace) -> int:
+    from ..text.pretrain import run_pretrain_text
+
+    metrics = run_pretrain_text(args.n_reports, args.steps, args.seed, Path(args.out))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def add_training_commands(sub) -> None:
+    p = sub.add_parser("train", help="train the low-res or SR stage on a dataset manifest (torchrun for DDP)")
+    p.add_argument("--stage", required=True, choices=["lowres", "sr"])
+    p.add_argument("--data", required=True, help="manifest (JSONL or CSV; see docs/training-data.md)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, loss log)")
+    p.add_argument("--model-config", required=True, help="model card / template JSON or model folder")
+    p.add_argument("--text-encoder", default=None, help="text encoder folder (low-res stage)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--grad-accum", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--crop", default=None, help="SR in-plane crop HxW (default: official 72x72 scaled to the grid)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--resample", default=None, choices=["spacing", "resize"])
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--num-workers", type=int, default=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export-model", help="turn training runs into a model folder with a card")
+    p.add_argument("--lowres", required=True, help="low-res run folder, step_N folder or weights file")
+    p.add_argument("--sr", default=None, help="SR run folder, step_N folder or weights file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--license", required=True)
+    p.add_argument("--description", default="MedSyn model trained with medsyn train")
+    p.add_argument("--intended-use", default="Research only; not for diagnosis or treatment decisions.")
+    p.add_argument("--text-encoder", default=None)
+    p.add_argument("--weights", choices=["ema", "online"], default="ema")
+    p.add_argument("--steps", type=int, default=50, help="default low-res DDIM steps written to the card")
+    p.add_argument("--sr-steps", type=int, default=20, help="default SR DDIM steps written to the card")
+    p.add_argument("--guidance", type=float, default=1.0, help="default guidance scale written to the card")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("pretrain-text", help="pretrain the small demo text encoder on phantom reports")
+    p.add_argument("--n-reports", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_pretrain_text)

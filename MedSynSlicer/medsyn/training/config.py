@@ -1,0 +1,134 @@
+"""What to train: ``TrainConfig`` (the ``medsyn train`` options) and the network/grid description it points at."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from ..codec import DEFAULT_HU_WINDOW
+from ..data.transforms import RESAMPLE_MODES
+from ..diffusion.precision import PRECISIONS
+from ..errors import MedSynError
+from ..models.card import CARD_FILE, GridCard
+from ..networks.config import LowResConfig, NetworkConfig, SRConfig
+
+STAGES = {"lowres": LowResConfig, "sr": SRConfig}
+
+
+@dataclass
+class TrainConfig:
+    """One training run of one stage; defaults follow the paper / official scripts (reference §1-§3, §7)."""
+
+    stage: str  # "lowres" | "sr"
+    data: Path  # manifest (JSONL or CSV), see docs/training-data.md
+    out: Path  # run folder: checkpoints/, loss.jsonl, loss.png, data/
+    model_config: Path  # model card (or template) JSON / model folder, or {"network", "grid"[, "hu_window"]} JSON
+    text_encoder: Optional[Path] = None  # local text encoder folder; required for the low-res stage
+    steps: int = 40_000  # total optimizer steps (the paper converged after 40k)
+    batch_size: int = 1  # per process and micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: Optional[float] = None  # None: 0.999 (low-res) / 0.995 (SR)
+    ema_every: Optional[int] = None  # None: every step (low-res) / every 10 steps (SR)
+    ema_start: int = 10_000  # EMA is a copy of the online weights before this step
+    text_dropout: float = 0.1  # low-res: share of samples trained with the learned null text embedding
+    crop: Optional[tuple[int, int]] = None  # SR in-plane crop (H, W); None: official 72×72 scaled to the grid
+    lr_noise_max: float = 0.4  # SR: x_lr ← (1−a)·x_lr + a·N(0,1), a ~ U(0, lr_noise_max)
+    resample: str = "spacing"  # "spacing" (card spacing + centred pad/crop) or "resize" (whole volume to the grid)
+    seed: int = 0
+    resume: bool = False
+    checkpoint_every: int = 1000
+    device: str = "auto"
+    precision: str = "auto"  # "auto": bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU
+    num_workers: int = 0  # DataLoader worker processes
+    data_cache: Optional[Path] = None  # prepared data folder; None: <out>/data
+
+    @classmethod
+    def from_cli_args(cls, **kwargs: Any) -> "TrainConfig":
+        """Build from CLI values: None means "use the default", ``crop`` may be "HxW", paths may be strings."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise MedSynError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
+        values = {key: value for key, value in kwargs.items() if value is not None}
+        for key in ("data", "out", "model_config", "text_encoder", "data_cache"):
+            if key in values:
+                values[key] = Path(values[key])
+        if isinstance(values.get("crop"), str):
+            values["crop"] = parse_crop(values["crop"])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise MedSynError(f"unknown stage {self.stage!r}; use 'lowres' or 'sr'")
+        if self.stage == "lowres" and self.text_encoder is None:
+            raise MedSynError("the low-res stage is text-conditioned; pass --text-encoder with a text encoder folder")
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise MedSynError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.grad_clip <= 0:
+            raise MedSynError("lr and grad_clip must be positive")
+        if not 0.0 <= self.text_dropout <= 1.0 or not 0.0 <= self.lr_noise_max <= 1.0:
+            raise MedSynError("text_dropout and lr_noise_max must lie in [0, 1]")
+        if self.precision not in PRECISIONS:
+            raise MedSynError(f"unknown precision {self.precision!r}; use one of {PRECISIONS}")
+        if self.resample not in RESAMPLE_MODES:
+            raise MedSynError(f"unknown resample mode {self.resample!r}; use one of {RESAMPLE_MODES}")
+
+    @property
+    def data_folder(self) -> Path:
+        return self.data_cache or self.out / "data"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (paths as strings)."""
+        return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
+
+
+def parse_crop(text: str) -> tuple[int, int]:
+    """"72x72" → (72, 72)."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise MedSynError(f"crop {text!r} must look like HxW, e.g. 72x72") from None
+    return height, width
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """The network to train plus the grid and HU window its data are prepared on."""
+
+    network: NetworkConfig
+    grid: GridCard
+    hu_window: list[float]
+
+
+def read_stage_spec(path: Path, stage: str) -> StageSpec:
+    """Network, grid and HU window from a model card (template) or a ``{"network", "grid"[, "hu_window"]}`` JSON."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CARD_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MedSynError(f"cannot read model config {path} ({exc}); pass a model card or network config JSON") \
+            from exc
+    if stage in data:  # a model card: one entry per stage
+        if not data[stage]:
+            raise MedSynError(f"{path} has no '{stage}' stage; add its network config")
+        network = data[stage].get("network")
+    else:
+        network = data.get("network")
+    if network is None or "grid" not in data:
+        raise MedSynError(f"{path} needs a 'grid' entry and a '{stage}.network' (model card) or 'network' entry")
+    try:
+        grid = GridCard(**data["grid"])
+    except TypeError as exc:
+        raise MedSynError(f"{path}: invalid grid entry ({exc})") from exc
+    hu_window = [float(v) for v in data.get("hu_window", DEFAULT_HU_WINDOW)]
+    return StageSpec(STAGES[stage].from_dict(network), grid, hu_window)

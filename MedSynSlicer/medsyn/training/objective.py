@@ -1,0 +1,36 @@
+"""MedSyn's training objective: x0-prediction MSE on the continuous cosine schedule (reference §3)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..diffusion.schedule import NUM_TIMESTEPS, q_sample
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the known channels only; ``loss_mask`` is (B, C) with 1 = known. Equals plain MSE
+    when every channel is known."""
+    weights = loss_mask.to(prediction.dtype)[:, :, None, None, None]
+    squared = (prediction - target) ** 2 * weights
+    return squared.sum() / (weights.sum() * prediction[0, 0].numel())
+
+
+def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict[str, torch.Tensor], stage: str
+            ) -> torch.Tensor:
+    """Noise x0 to time t ~ U(0, 1), predict x0 from it (time fed as t·1000, as the training scripts do).
+
+    Low-res: samples flagged ``drop_text`` see the learned null embedding instead of their report, which is what
+    classifier-free guidance later contrasts against. SR: the degraded low-res volume ``x_lr`` is the condition.
+    """
+    x0, t = batch["x0"], batch["t"]
+    x_t = q_sample(x0, t, batch["noise"])
+    time = t * NUM_TIMESTEPS
+    if stage == "lowres":
+        cond = batch["cond"]
+        cond = torch.where(batch["drop_text"][:, None, None], null_cond_emb.expand_as(cond), cond)
+        prediction = model(x_t, time, cond)
+    else:
+        prediction = model(x_t, time, batch["x_lr"])
+    return masked_mse(prediction.float(), x0, batch["loss_mask"])

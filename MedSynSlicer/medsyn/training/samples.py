@@ -1,0 +1,129 @@
+"""Deterministic training samples: which case a sample reads and every random draw it makes depend on (seed, position).
+
+A "position" numbers the samples of a run: step s, micro-batch m, rank r, batch slot b is position
+s·G + (m·W + r)·B + b with G = B·A·W the global batch. Nothing depends on iterator or RNG state, so a resumed run
+reads the same data and draws the same noise as an uninterrupted one, and DDP ranks read disjoint samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from ..codec import lowres_to_sr_condition
+from ..data.dataset import PreparedDataset
+from ..data.transforms import lowres_of
+from ..errors import MedSynError
+
+ORDER_STREAM, SAMPLE_STREAM = 0, 1
+OFFICIAL_CROP, OFFICIAL_SIZE = 72, 256  # SR training crops 72×72 in-plane at 256³
+
+
+def seeded_generator(seed: int, stream: int, counter: int) -> torch.Generator:
+    """An independent CPU generator per (seed, stream, counter); SeedSequence decorrelates neighbouring counters."""
+    state = np.random.SeedSequence([seed, stream, counter]).generate_state(1, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0]))
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How a global batch is split into micro-batches (gradient accumulation) and ranks."""
+
+    batch_size: int
+    grad_accum: int
+    world_size: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    def rank_positions(self, rank: int, first_step: int, last_step: int) -> Iterator[int]:
+        """Positions rank ``rank`` reads for steps [first_step, last_step), micro-batch by micro-batch."""
+        for step in range(first_step, last_step):
+            for micro in range(self.grad_accum):
+                start = step * self.global_batch + (micro * self.world_size + rank) * self.batch_size
+                yield from range(start, start + self.batch_size)
+
+
+class DataOrder:
+    """Epoch-wise shuffling: position p reads case perm_e[p mod N] with e = p div N and perm_e seeded by (seed, e)."""
+
+    def __init__(self, num_cases: int, seed: int) -> None:
+        if num_cases < 1:
+            raise MedSynError("the training set is empty; add cases to the manifest")
+        self.num_cases, self.seed = num_cases, seed
+
+    def case_at(self, position: int) -> int:
+        epoch, offset = divmod(position, self.num_cases)
+        return self._permutation(epoch)[offset]
+
+    @lru_cache(maxsize=2)
+    def _permutation(self, epoch: int) -> list[int]:
+        return torch.randperm(self.num_cases, generator=seeded_generator(self.seed, ORDER_STREAM, epoch)).tolist()
+
+
+def default_crop(shape_zyx: list[int], factor: int) -> tuple[int, int]:
+    """The official 72×72-at-256 in-plane crop scaled to this grid, kept a multiple of the SR factor."""
+    def scaled(size: int) -> int:
+        return min(size, max(factor, round(OFFICIAL_CROP * size / OFFICIAL_SIZE / factor) * factor))
+
+    return scaled(shape_zyx[1]), scaled(shape_zyx[2])
+
+
+class TrainingSamples(torch.utils.data.Dataset):
+    """Map-style dataset indexed by position; yields x0, the diffusion time and noise, and the stage's condition."""
+
+    def __init__(self, data: PreparedDataset, stage: str, seed: int, text_dropout: float = 0.1,
+                 crop_hw: Optional[tuple[int, int]] = None, lr_noise_max: float = 0.4) -> None:
+        self.data, self.stage, self.seed = data, stage, seed
+        self.order = DataOrder(len(data), seed)
+        self.text_dropout, self.lr_noise_max = text_dropout, lr_noise_max
+        self.factor = data.grid.sr_factor
+        self.crop_hw = crop_hw or default_crop(data.grid.shape_zyx, self.factor)
+        if stage == "lowres" and not data.has_text:
+            raise MedSynError("the low-res stage needs text features; pass a text encoder folder")
+        if stage == "sr":
+            _check_crop(self.crop_hw, data.grid.shape_zyx, self.factor)
+
+    def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
+        generator = seeded_generator(self.seed, SAMPLE_STREAM, position)
+        index = self.order.case_at(position)
+        sample = {"case": torch.tensor(index), "loss_mask": self.data.loss_mask(index)}
+        if self.stage == "lowres":
+            x0 = self.data.lowres(index)
+            sample["cond"] = self.data.text_features(index)
+        else:
+            x0 = self._random_crop(index, generator)
+        sample.update(x0=x0, t=torch.rand((), generator=generator), noise=torch.randn(x0.shape, generator=generator))
+        if self.stage == "lowres":
+            sample["drop_text"] = torch.rand((), generator=generator) < self.text_dropout
+        else:
+            sample["x_lr"] = self._degraded_lowres(x0, generator)
+        return sample
+
+    def _random_crop(self, index: int, generator: torch.Generator) -> torch.Tensor:
+        """Full-depth in-plane crop at a multiple of the SR factor, so its every f-th voxel lies on the low-res grid.
+
+        No random flips: left and right lungs differ (two vs three lobes), and a flip would teach impossible anatomy.
+        """
+        _, height, width = self.data.grid.shape_zyx
+        crop_h, crop_w = self.crop_hw
+        y0 = self.factor * int(torch.randint((height - crop_h) // self.factor + 1, (), generator=generator))
+        x0 = self.factor * int(torch.randint((width - crop_w) // self.factor + 1, (), generator=generator))
+        return self.data.image_crop(index, y0, x0, crop_h, crop_w)
+
+    def _degraded_lowres(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Official "gaussian_aug": nearest down/up by f, then x_lr ← (1−a)·x_lr + a·N(0,1) with a ~ U(0, max)."""
+        x_lr = lowres_to_sr_condition(lowres_of(x0, self.factor)[None], self.factor)[0]
+        alpha = torch.rand((), generator=generator) * self.lr_noise_max
+        return (1 - alpha) * x_lr + alpha * torch.randn(x_lr.shape, generator=generator)
+
+
+def _check_crop(crop_hw: tuple[int, int], shape_zyx: list[int], factor: int) -> None:
+    for size, limit, axis in zip(crop_hw, shape_zyx[1:], ("height", "width")):
+        if size < factor or size > limit or size % factor:
+            raise MedSynError(f"crop {axis} {size} must be a multiple of the SR factor {factor} between {factor} "
+                              f"and the grid's {limit}; pass e.g. --crop {limit}x{limit}")

@@ -1,0 +1,347 @@
+"""Training data and trainer: manifest validation, MONAI loading, deterministic samples, bit-exact resume, DDP, export.
+
+Everything runs on tiny synthetic cases (16³ SR grid, 8³ low-res) written as real NIfTI files, with dim=4 networks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medsyn.codec import encode_volume
+from medsyn.data.dataset import PreparedDataset
+from medsyn.data.manifest import read_manifest
+from medsyn.data.prepare import prepare_dataset
+from medsyn.data.transforms import load_case
+from medsyn.diffusion.schedule import q_sample
+from medsyn.errors import MedSynError
+from medsyn.geometry import Grid
+from medsyn.io.volumes import read_volume, write_volume
+from medsyn.models.card import GridCard, load_card
+from medsyn.models.loaded import load_model
+from medsyn.models.weights import sha256_file
+from medsyn.networks.config import LowResConfig
+from medsyn.phantom.cli import run_phantom
+from medsyn.text.encoder import TextEncoder
+from medsyn.training.checkpoint import latest_checkpoint
+from medsyn.training.config import TrainConfig
+from medsyn.training.ema import EMA
+from medsyn.training.export import export_model
+from medsyn.training.loss_log import read_loss_log
+from medsyn.training.objective import x0_loss
+from medsyn.training.samples import BatchLayout, TrainingSamples
+from medsyn.training.trainer import autocast_dtype, train
+from tiny_model import build_tiny_text_encoder
+
+GRID = GridCard(lowres_shape_zyx=[8, 8, 8], sr_factor=2, spacing_xyz=[3.0, 2.5, 2.0],
+                direction_lps=[1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0], origin_lps=[-24.0, 20.0, -16.0])
+SR_GRID = Grid(GRID.shape_zyx, GRID.spacing_xyz, GRID.origin_lps, GRID.direction_lps)
+HU_WINDOW = [-1024.0, 600.0]
+NETWORKS = {"lowres": {"dim": 4, "cond_dim": 8, "dim_mults": [1, 2], "attn_heads": 1, "resnet_groups": 2},
+            "sr": {"dim": 4, "dim_mults": [1, 2], "attn_heads": 1, "resnet_groups": 2}}
+REPORTS = ["large right pleural effusion .", "no effusion . lungs are clear .", "small nodule in the left lobe ."]
+
+
+def _case_arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A lung-like ellipsoid with lobes split by position, an airway tube and a vessel tube, at a random place."""
+    z, y, x = np.meshgrid(*(np.arange(16),) * 3, indexing="ij")
+    cx, cy, radius = rng.uniform(5, 11), rng.uniform(5, 11), rng.uniform(3, 6)
+    lung = (x - cx) ** 2 + (y - cy) ** 2 + ((z - 8) / 1.5) ** 2 < radius ** 2
+    return {"ct": np.where(lung, -850, 40).astype(np.int16),
+            "lobes": (lung * (1 + 2 * (x > cx) + (z > 8))).astype(np.uint8),
+            "airway": ((x - cx) ** 2 + (y - cy) ** 2 < 1.5).astype(np.uint8),
+            "vessels": ((x - cx - 2) ** 2 + (z - 8) ** 2 < 1.5).astype(np.uint8)}
+
+
+def _write_dataset(folder: Path, cases: int = 4, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(cases):
+        case = folder / f"case_{index}"
+        case.mkdir(parents=True)
+        row = {"id": f"case_{index}", "report": REPORTS[index % 3]}  # cases 0 and 3 share a report
+        for name, array in _case_arrays(rng).items():
+            write_volume(case / f"{name}.nii.gz", array, SR_GRID)
+            row[name] = f"case_{index}/{name}.nii.gz"
+        rows.append(row)
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return manifest
+
+
+def _model_config(folder: Path, stage: str) -> Path:
+    path = folder / f"{stage}_model.json"
+    path.write_text(json.dumps({"grid": asdict(GRID), "network": NETWORKS[stage]}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("training")
+    return {"root": root, "manifest": _write_dataset(root / "data"),
+            "encoder": build_tiny_text_encoder(root / "encoder", hidden=8)}
+
+
+def _config(workspace, out: Path, stage: str = "sr", **overrides) -> TrainConfig:
+    values = dict(stage=stage, data=workspace["manifest"], out=out,
+                  model_config=_model_config(workspace["root"], stage), steps=6, checkpoint_every=3, lr=3e-3,
+                  ema_start=2, data_cache=workspace["root"] / f"prepared_{stage}")
+    if stage == "sr":
+        values["crop"] = "8x8"
+    else:
+        values["text_encoder"] = workspace["encoder"]
+    values.update(overrides)
+    return TrainConfig.from_cli_args(**values)
+
+
+def _losses(run: Path) -> list[float]:
+    return [row["loss"] for row in read_loss_log(run / "loss.jsonl")]
+
+
+def _weights(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: load_file(str(checkpoint / name)) for name in ("model.safetensors", "ema.safetensors")}
+
+
+def _assert_same_weights(left: Path, right: Path) -> None:
+    for name, tensors in _weights(left).items():
+        other = _weights(right)[name]
+        assert tensors.keys() == other.keys()
+        assert all(torch.equal(tensors[key], other[key]) for key in tensors), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_sr(workspace) -> Path:
+    """Reference run: 6 SR steps in one go, checkpoints at 3 and 6."""
+    return train(_config(workspace, workspace["root"] / "sr_full")).run_dir
+
+
+# --- manifest -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing_file", "manifest row 2 (case_1): file case_1/airway.nii.gz not found"),
+    ("missing_report", "manifest row 2 (case_1): missing report"),
+    ("empty_report", "manifest row 2 (case_1): empty report"),
+    ("shape_mismatch", "manifest row 2 (case_1): lobes"),
+])
+def test_manifest_errors_name_the_row(tmp_path, problem, message):
+    manifest = _write_dataset(tmp_path, cases=2)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    if problem == "missing_file":
+        (tmp_path / rows[1]["airway"]).unlink()
+    elif problem == "missing_report":
+        del rows[1]["report"]
+    elif problem == "empty_report":
+        rows[1]["report"] = "   "
+    else:
+        write_volume(tmp_path / rows[1]["lobes"], np.zeros((16, 16, 8), np.uint8), SR_GRID.with_shape((16, 16, 8)))
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(MedSynError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_manifest(manifest)
+
+
+def test_csv_manifest_with_report_files_and_optional_masks(tmp_path):
+    _write_dataset(tmp_path, cases=2)
+    (tmp_path / "report0.txt").write_text("no effusion .\n")
+    (tmp_path / "manifest.csv").write_text(
+        "id,ct,lobes,airway,vessels,report,report_file\n"
+        "a,case_0/ct.nii.gz,case_0/lobes.nii.gz,,,,report0.txt\n"
+        "b,case_1/ct.nii.gz,,case_1/airway.nii.gz,case_1/vessels.nii.gz,cardiomegaly .,\n")
+    first, second = read_manifest(tmp_path / "manifest.csv")
+    assert first.report == "no effusion ." and first.masks["airway"] is None and first.masks["lobes"] is not None
+    assert second.report == "cardiomegaly ." and second.masks["lobes"] is None and second.row == 2
+
+
+# --- loading ----------------------------------------------------------------------------------------------------------
+
+def test_loader_encodes_like_the_codec_in_any_orientation(tmp_path):
+    arrays = _case_arrays(np.random.default_rng(1))
+    expected = encode_volume(arrays["ct"], arrays["lobes"], arrays["airway"], arrays["vessels"], HU_WINDOW)
+    # The same anatomy stored with an identity (LPS) direction: j runs posterior, so the array is flipped along y.
+    lps_grid = Grid(SR_GRID.shape_zyx, SR_GRID.spacing_xyz, (-24.0, 20.0 - 2.5 * 15, -16.0),
+                    (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    for grid, flip in ((SR_GRID, False), (lps_grid, True)):
+        folder = tmp_path / ("lps" if flip else "las")
+        folder.mkdir()
+        rows = {"id": "c", "report": "cardiomegaly ."}
+        for name, array in arrays.items():
+            write_volume(folder / f"{name}.nii.gz", np.ascontiguousarray(array[:, ::-1] if flip else array), grid)
+            rows[name] = f"{name}.nii.gz"
+        rows["vessels"] = ""  # unknown for this case
+        (folder / "m.jsonl").write_text(json.dumps(rows))
+        for resample in ("spacing", "resize"):
+            image, loss_mask = load_case(read_manifest(folder / "m.jsonl")[0], GRID, HU_WINDOW, resample)
+            assert image.shape == (4, 16, 16, 16) and type(image) is torch.Tensor
+            np.testing.assert_allclose(image[:3].numpy(), expected[:3], atol=1e-6)
+            assert torch.equal(loss_mask, torch.tensor([1.0, 1.0, 1.0, 0.0])) and torch.all(image[3] == 0)
+
+
+def test_loader_rejects_multilabel_airway_naming_the_row(tmp_path):
+    manifest = _write_dataset(tmp_path, cases=1)
+    write_volume(tmp_path / "case_0/airway.nii.gz", np.full((16, 16, 16), 7, np.uint8), SR_GRID)
+    with pytest.raises(MedSynError, match=r"manifest row 1 \(case_0\): airway labels must lie in 0..1, found 7..7"):
+        load_case(read_manifest(manifest)[0], GRID, HU_WINDOW)
+
+
+def test_phantom_dataset_prepares_unchanged_on_its_own_grid(tmp_path):
+    """medsyn phantom output is a valid manifest (report files) and passes the loader untouched on its own grid."""
+    run_phantom(2, seed=0, size=16, spacing=None, out_dir=tmp_path / "phantoms")
+    manifest = tmp_path / "phantoms" / "manifest.jsonl"
+    rows = read_manifest(manifest)
+    assert [row.case_id for row in rows] == ["case_0000", "case_0001"] and all(row.report for row in rows)
+    _, phantom_grid = read_volume(rows[0].ct)
+    grid = GridCard(lowres_shape_zyx=[8, 8, 8], sr_factor=2, spacing_xyz=list(phantom_grid.spacing_xyz),
+                    direction_lps=list(phantom_grid.direction_lps), origin_lps=list(phantom_grid.origin_lps))
+    data = PreparedDataset(prepare_dataset(manifest, grid, HU_WINDOW, tmp_path / "prepared", show_progress=False))
+    volumes = {name: read_volume(path)[0] for name, path in [("ct", rows[1].ct), *rows[1].masks.items()]}
+    expected = encode_volume(volumes["ct"], volumes["lobes"], volumes["airway"], volumes["vessels"], HU_WINDOW)
+    image = data.image_crop(1, 0, 0, 16, 16)
+    np.testing.assert_allclose(image.numpy(), expected, atol=1e-3)  # float16 storage
+    assert torch.equal(data.lowres(1), image[:, ::2, ::2, ::2]) and torch.equal(data.loss_mask(1), torch.ones(4))
+
+
+def test_samples_are_deterministic_crops_with_official_lowres(workspace):
+    folder = prepare_dataset(workspace["manifest"], GRID, HU_WINDOW, workspace["root"] / "prepared_samples",
+                             show_progress=False)
+    data = PreparedDataset(folder)
+    clean = TrainingSamples(data, "sr", seed=5, crop_hw=(8, 8), lr_noise_max=0.0)
+    sample = clean[11]
+    assert sample["x0"].shape == (4, 16, 8, 8)
+    # x_lr without noise is the nearest up-sampling of every 2nd voxel, on the global low-res grid (aligned crop).
+    assert torch.equal(sample["x_lr"], sample["x0"][:, ::2, ::2, ::2].repeat_interleave(2, 1).repeat_interleave(2, 2)
+                       .repeat_interleave(2, 3))
+    lowres = data.lowres(int(sample["case"]))
+    assert any(torch.equal(sample["x0"][:, ::2, ::2, ::2], lowres[:, :, y:y + 4, x:x + 4])
+               for y in range(5) for x in range(5))
+    noisy = TrainingSamples(data, "sr", seed=5, crop_hw=(8, 8))
+    assert torch.equal(noisy[11]["x0"], sample["x0"]) and not torch.equal(noisy[11]["x_lr"], sample["x_lr"])
+    assert all(torch.equal(noisy[11][key], noisy[11][key]) for key in ("x_lr", "noise", "t"))
+    # One epoch of positions visits every case once; two ranks' positions never overlap.
+    assert sorted(int(clean[p]["case"]) for p in range(4, 8)) == [0, 1, 2, 3]
+    layout = BatchLayout(batch_size=2, grad_accum=2, world_size=2)
+    rank0, rank1 = (set(layout.rank_positions(rank, 0, 3)) for rank in (0, 1))
+    assert not rank0 & rank1 and rank0 | rank1 == set(range(24))
+
+
+# --- objective and EMA ------------------------------------------------------------------------------------------------
+
+def test_text_dropout_uses_the_null_embedding_and_unknown_channels_leave_the_loss():
+    torch.manual_seed(0)
+    net = LowResConfig.from_dict(NETWORKS["lowres"]).build()
+    x0, noise, cond = torch.rand(2, 4, 8, 8, 8) * 2 - 1, torch.randn(2, 4, 8, 8, 8), torch.randn(2, 192, 8)
+    t = torch.tensor([0.3, 0.7])
+    batch = {"x0": x0, "noise": noise, "t": t, "cond": cond, "loss_mask": torch.ones(2, 4),
+             "drop_text": torch.tensor([True, False])}
+    x_t = q_sample(x0, t, noise)
+    # Sample 0 dropped its text: it must see the learned null embedding (cond=None), sample 1 its own report.
+    prediction = torch.cat([net(x_t[:1], t[:1] * 1000, None), net(x_t[1:], t[1:] * 1000, cond[1:])])
+    torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres"), ((prediction - x0) ** 2).mean())
+    batch["loss_mask"] = torch.tensor([[1.0, 1.0, 0.0, 1.0]] * 2)  # airway unknown in both cases
+    torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres"),
+                               ((prediction - x0) ** 2)[:, [0, 1, 3]].mean())
+
+
+def test_ema_copies_until_start_then_averages():
+    online = torch.nn.Linear(2, 1)
+    ema = EMA(online, decay=0.9, every=2, start=4)
+    with torch.no_grad():
+        online.weight.fill_(1.0)
+    ema.update(online, 1)  # not an update step
+    assert not torch.equal(ema.model.weight, online.weight)
+    ema.update(online, 2)  # before start: copy
+    assert torch.equal(ema.model.weight, online.weight)
+    with torch.no_grad():
+        online.weight.fill_(3.0)
+    ema.update(online, 4)
+    torch.testing.assert_close(ema.model.weight, torch.full((1, 2), 0.9 * 1.0 + 0.1 * 3.0))
+
+
+def test_mixed_precision_is_cuda_only():
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    with pytest.raises(MedSynError, match="needs a CUDA GPU"):
+        autocast_dtype("bf16", torch.device("cpu"))
+
+
+# --- trainer ----------------------------------------------------------------------------------------------------------
+
+def test_lowres_loss_decreases_and_export_loads(workspace, uninterrupted_sr, tmp_path):
+    result = train(_config(workspace, tmp_path / "lowres", stage="lowres", steps=30, checkpoint_every=30))
+    losses = _losses(result.run_dir)
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+    assert (result.run_dir / "loss.png").stat().st_size > 0
+    prepared = PreparedDataset(workspace["root"] / "prepared_lowres")
+    assert len(list((prepared.folder / "text").iterdir())) == len(REPORTS)  # one encoding per unique report
+    encoder = TextEncoder.from_folder(workspace["encoder"])
+    assert torch.equal(prepared.text_features(3), encoder.encode(REPORTS[0])[0])
+
+    model_dir = export_model(result.run_dir, tmp_path / "model", sr=uninterrupted_sr, name="tiny-trained",
+                             license="Apache-2.0")
+    card = load_card(model_dir)
+    for stage, run in (("lowres", result.run_dir), ("sr", uninterrupted_sr)):
+        stage_card = getattr(card, stage)
+        assert stage_card.sha256 == sha256_file(model_dir / stage_card.weights)
+        assert sha256_file(model_dir / stage_card.weights) == sha256_file(latest_checkpoint(run) / "ema.safetensors")
+        assert card.training[stage]["steps"] == (30 if stage == "lowres" else 6)
+    assert card.grid == GRID and card.text_encoder == "text_encoder"
+    loaded = load_model(str(model_dir), device="cpu")  # the pipeline's own loader accepts the folder
+    assert loaded.lowres.null_cond_emb.shape == (1, 192, 8)
+
+
+def test_resume_continues_bit_exactly(workspace, uninterrupted_sr, tmp_path):
+    first = train(_config(workspace, tmp_path / "run", steps=3))
+    assert first.checkpoint.name == "step_3"
+    with pytest.raises(MedSynError, match="pass --resume"):
+        train(_config(workspace, tmp_path / "run"))
+    resumed = train(_config(workspace, tmp_path / "run", resume=True))
+    assert _losses(resumed.run_dir) == _losses(uninterrupted_sr)
+    _assert_same_weights(resumed.checkpoint, uninterrupted_sr / "checkpoints" / "step_6")
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(workspace, uninterrupted_sr, tmp_path):
+    def crash_at_step_5(event):
+        if event.step == 5:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_config(workspace, tmp_path / "run"), callback=crash_at_step_5)
+    run = tmp_path / "run"
+    assert latest_checkpoint(run).name == "step_3" and len(_losses(run)) == 3
+    # A crash while writing step 6 leaves a hidden partial folder and possibly log rows past the checkpoint.
+    (run / "checkpoints" / ".step_6.partial-deadbeef").mkdir()
+    with (run / "loss.jsonl").open("a") as log:
+        log.write(json.dumps({"step": 4, "loss": 99.0, "cases": []}) + "\n")
+    resumed = train(_config(workspace, run, resume=True))
+    assert _losses(run) == _losses(uninterrupted_sr)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_3", "step_6"]
+    _assert_same_weights(resumed.checkpoint, uninterrupted_sr / "checkpoints" / "step_6")
+
+
+def test_ddp_two_gloo_processes_split_the_data(workspace, tmp_path):
+    """torchrun with 2 CPU ranks; equals one process with the same global batch, ranks read disjoint cases."""
+    config = _config(workspace, tmp_path / "ddp", steps=4, checkpoint_every=2)
+    prepare_dataset(config.data, GRID, HU_WINDOW, config.data_folder, show_progress=False)  # ranks reuse it
+    entry = tmp_path / "entry.py"
+    entry.write_text("import json, sys\nfrom medsyn.training.config import TrainConfig\n"
+                     "from medsyn.training.trainer import train\n"
+                     "train(TrainConfig.from_cli_args(**json.loads(sys.argv[1])))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                str(entry), json.dumps(config.to_dict())], env=env, capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    run = tmp_path / "ddp"
+    assert latest_checkpoint(run).name == "step_4"
+    rows = read_loss_log(run / "loss.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    for row in rows:
+        assert len(row["cases"]) == 2 and not set(row["cases"][0]) & set(row["cases"][1])
+    assert {case for row in rows[:2] for rank in row["cases"] for case in rank} == {f"case_{i}" for i in range(4)}
+    single = train(_config(workspace, tmp_path / "single", steps=4, checkpoint_every=4, batch_size=2))
+    np.testing.assert_allclose([row["loss"] for row in rows], _losses(single.run_dir), rtol=1e-5)

@@ -5,16 +5,21 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from .errors import MedSynError
 from .models.loaded import LoadedModel, load_model
 from .models.registry import list_models
 from .progress import CancelToken, ProgressCallback
 
-__all__ = ["load_model", "list_models", "generate", "generate_batch"]
+if TYPE_CHECKING:
+    from .pipeline import GenerationResult
+
+from .editing.api import generate_conditioned, inpaint, outpaint, segment
+
+__all__ = ["load_model", "list_models", "generate", "generate_conditioned", "generate_batch", "inpaint", "outpaint",
+           "segment"]
 
 
 def _ensure_model(loaded: Optional[LoadedModel], model: Optional[str], device: str) -> LoadedModel:
@@ -24,51 +29,68 @@ def _ensure_model(loaded: Optional[LoadedModel], model: Optional[str], device: s
 def generate(report: str, out_dir: str | Path, *, model: Optional[str] = None, loaded: Optional[LoadedModel] = None,
              seed: int = 0, steps: Optional[int] = None, sr_steps: Optional[int] = None,
              guidance: Optional[float] = None, device: str = "auto", low_res_only: bool = False,
+             sampler: str = "ddim", precision: str = "auto", sr_tile: str | tuple[int, int, int] = "auto",
              callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
              overwrite: bool = False) -> dict[str, Path]:
-    """Generate one synthetic CT + masks from a report and write every output into ``out_dir`` atomically."""
-    from .io.outputs import check_output_dir, write_generation_outputs
-    from .io.provenance import build_provenance
+    """Generate one synthetic CT + masks from a report and write every output into ``out_dir`` atomically.
+
+    ``sampler`` "ddim" (official) or "dpmpp2m" (fewer steps); ``precision`` and ``sr_tile`` default to the preset
+    for the device's free memory (see ``medsyn.presets``).
+    """
+    from .io.outputs import check_output_dir
     from .pipeline import MedSynPipeline
+    from .presets import PerformanceOptions
 
     if not report or not report.strip():
         raise MedSynError("the report is empty; type the findings you want the synthetic CT to show")
     check_output_dir(Path(out_dir), overwrite)
     loaded = _ensure_model(loaded, model, device)
-    result = MedSynPipeline(loaded).generate(report, seed=seed, steps=steps, sr_steps=sr_steps, guidance=guidance,
-                                             low_res_only=low_res_only, callback=callback, cancel=cancel)
+    pipeline = MedSynPipeline(loaded, PerformanceOptions(precision=precision, sr_tile=sr_tile))
+    result = pipeline.generate(report, seed=seed, steps=steps, sr_steps=sr_steps, guidance=guidance,
+                               low_res_only=low_res_only, sampler=sampler, callback=callback, cancel=cancel)
+    return _write_result(result, Path(out_dir), overwrite)
+
+
+def _write_result(result: GenerationResult, out_dir: Path, overwrite: bool) -> dict[str, Path]:
+    from .io.outputs import write_generation_outputs
+    from .io.provenance import build_provenance
+
     provenance = build_provenance(mode="generate", **result.settings)
-    if low_res_only:
-        return write_generation_outputs(Path(out_dir), result.lowres, result.lowres_grid, None, None, provenance,
+    if result.volume is None:
+        return write_generation_outputs(out_dir, result.lowres, result.lowres_grid, None, None, provenance,
                                         overwrite=overwrite)
-    return write_generation_outputs(Path(out_dir), result.volume, result.grid, result.lowres, result.lowres_grid,
+    return write_generation_outputs(out_dir, result.volume, result.grid, result.lowres, result.lowres_grid,
                                     provenance, overwrite=overwrite)
 
 
 def generate_batch(reports: Sequence[str], seeds: Iterable[int], out_root: str | Path, *,
                    model: Optional[str] = None, loaded: Optional[LoadedModel] = None, device: str = "auto",
-                   callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                   **settings) -> list[dict]:
-    """Generate every report × seed into ``out_root/<report index>_seed<seed>/``; finished cases are skipped (resumable).
+                   batch_size: int = 1, steps: Optional[int] = None, sr_steps: Optional[int] = None,
+                   guidance: Optional[float] = None, low_res_only: bool = False, sampler: str = "ddim",
+                   precision: str = "auto", sr_tile: str | tuple[int, int, int] = "auto",
+                   callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> list[dict]:
+    """Generate every report × seed into ``out_root/<report index>_seed<seed>/``, ``batch_size`` volumes per forward.
 
-    Returns the summary rows, also written to ``out_root/summary.jsonl``.
+    Resumable: finished volumes are skipped. Under ``torchrun`` each rank takes its share of the items (on its own
+    GPU) and rank 0 writes ``out_root/summary.jsonl`` once all are done. Returns the summary rows.
     """
-    reports = list(reports)
-    if not reports:
-        raise MedSynError("no reports given; pass at least one report")
-    seeds = list(seeds)
-    loaded = _ensure_model(loaded, model, device)
-    out_root = Path(out_root)
-    rows = []
-    for index, report in enumerate(reports):
-        for seed in seeds:
-            case_dir = out_root / f"{index:04d}_seed{seed}"
-            if not (case_dir / "provenance.json").is_file():
-                generate(report, case_dir, loaded=loaded, seed=seed, callback=callback, cancel=cancel,
-                         overwrite=True, **settings)
-            rows.append({"report_index": index, "seed": seed, "report": report, "dir": case_dir.name})
-    out_root.mkdir(parents=True, exist_ok=True)
-    from .io.provenance import write_text_atomic
+    from . import batch
+    from .pipeline import MedSynPipeline
+    from .presets import PerformanceOptions
 
-    write_text_atomic(out_root / "summary.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+    items = batch.batch_items(list(reports), list(seeds))
+    out_root = Path(out_root)
+    with batch.ranks() as (rank, world):
+        pending = [item for item in items[rank::world] if not batch.is_finished(out_root / item.name)]
+        groups = batch.chunks(pending, batch_size)
+        if groups:
+            loaded = _ensure_model(loaded, model, batch.rank_device(device))
+            pipeline = MedSynPipeline(loaded, PerformanceOptions(precision=precision, sr_tile=sr_tile))
+        for chunk in groups:
+            results = pipeline.generate_batch([item.report for item in chunk], [item.seed for item in chunk],
+                                              steps=steps, sr_steps=sr_steps, guidance=guidance,
+                                              low_res_only=low_res_only, sampler=sampler, callback=callback,
+                                              cancel=cancel)
+            for item, result in zip(chunk, results):
+                _write_result(result, out_root / item.name, overwrite=True)
+        return batch.finish(out_root, items, rank)

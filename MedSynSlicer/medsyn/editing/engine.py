@@ -1,0 +1,130 @@
+"""Runs one editing job: place the model's grid, fix the known channels at both stages, sample, map back, composite.
+
+Every editing mode is an ``EditRequest`` (which channels are known where, on the output grid); this is the only code
+that samples for them. The low-res stage goes through ``MedSynPipeline``; the SR stage through ``local_sr`` so that a
+small edit is super-resolved on its bounding box only.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from medsyn.codec import DecodedVolume, decode_volume
+from medsyn.diffusion.known_region import Resampling
+from medsyn.errors import MedSynError
+from medsyn.geometry import Grid
+from medsyn.models.loaded import LoadedModel
+from medsyn.pipeline import MedSynPipeline, model_grids
+from medsyn.progress import CancelToken, ProgressCallback
+
+from .canonical import canonical_grid
+from .composite import to_output_grid
+from .known import KnownChannel, encode_known, known_regions
+from .local_sr import Box, sr_box, super_resolve
+from .resample import field_of_view, touched
+
+_NO_REPORT_PLACEHOLDER = "."
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One job on the output grid: the known channels, the voxels the user asked to regenerate, the model's centre."""
+
+    mode: str
+    grid: Grid
+    channels: dict[str, KnownChannel]
+    centre_lps: np.ndarray
+    edit_region: Optional[np.ndarray] = None  # bool on ``grid``; drives local SR, the preview outline, provenance
+    air_beyond_model: bool = False  # CT to generate outside the model's field of view becomes air instead of an error
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample: the pipeline's settings plus the editing-only harmonisation and locality switches."""
+
+    report: str = ""
+    seed: int = 0
+    steps: Optional[int] = None
+    sr_steps: Optional[int] = None
+    guidance: Optional[float] = None
+    low_res_only: bool = False
+    feather_voxels: int = 0
+    resampling: Optional[Resampling] = None
+    local_sr: bool = True
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """Output arrays on ``grid`` (CT in the input's dtype, labels uint8), the sampled volume on the canonical grid
+    before compositing (what evaluations measure), and how they were made."""
+
+    arrays: dict[str, np.ndarray]
+    grid: Grid
+    sampled: DecodedVolume
+    canonical_grid: Grid
+    sr_box: Optional[Box]
+    settings: dict[str, Any]
+
+
+def model_grid_for(loaded: LoadedModel, low_res_only: bool) -> tuple[Grid, int]:
+    """The grid results are sampled on and its factor to the low-res grid."""
+    if not low_res_only and loaded.sr is None:
+        raise MedSynError(f"model '{loaded.card.name}' has no super-resolution stage; use the low-res-only option")
+    sr_grid, lowres_grid = model_grids(loaded)
+    return (lowres_grid, 1) if low_res_only else (sr_grid, loaded.card.grid.sr_factor)
+
+
+def run_edit(loaded: LoadedModel, request: EditRequest, options: SamplingOptions,
+             callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> EditResult:
+    """Sample the unknown part of ``request`` and return it composited with the known part on the output grid."""
+    card = loaded.card
+    window = tuple(card.hu_window)
+    model_grid, factor = model_grid_for(loaded, options.low_res_only)
+    canonical = canonical_grid(model_grid, request.grid, request.centre_lps)
+    beyond = _beyond_model(request, canonical)
+    known_low, known_full = known_regions(encode_known(request.channels, request.grid, canonical, window), factor,
+                                          options.feather_voxels, options.resampling)
+    # Without a report, guidance 0 leaves x̂0_null + 0·(x̂0_text - x̂0_null): the learned null embedding alone, which is
+    # the official unconditional model; the placeholder text is multiplied away.
+    report, guidance = (options.report, options.guidance) if options.report else (_NO_REPORT_PLACEHOLDER, 0.0)
+    low = MedSynPipeline(loaded).generate(report, seed=options.seed, steps=options.steps, guidance=guidance,
+                                          low_res_only=True, known_lowres=known_low, callback=callback, cancel=cancel)
+    settings = {**low.settings, "prompt": options.report or None, "low_res_only": options.low_res_only,
+                "air_voxels_beyond_model": beyond}
+    box = _local_box(loaded, request, canonical, factor) if options.local_sr and not options.low_res_only else None
+    if options.low_res_only:
+        x = low.lowres_tensor
+    else:
+        settings["sr_steps"] = options.sr_steps or card.sr.steps
+        start = time.perf_counter()
+        x = super_resolve(loaded, low.lowres_tensor, known_full, options.seed, settings["sr_steps"], box, callback,
+                          cancel)
+        settings["timings"] = {**settings["timings"], "sr_s": time.perf_counter() - start}
+    decoded = decode_volume(x[0].float().numpy(), window)
+    arrays = to_output_grid(decoded, canonical, request.grid, request.channels, window)
+    return EditResult(arrays, request.grid, decoded, canonical, box, settings)
+
+
+def _local_box(loaded: LoadedModel, request: EditRequest, canonical: Grid, factor: int) -> Optional[Box]:
+    """The SR box around the user's edit (grown to every canonical voxel it touches), or None for the whole grid."""
+    if request.edit_region is None:
+        return None
+    levels = len(loaded.card.sr.network["dim_mults"])
+    return sr_box(touched(request.edit_region, request.grid, canonical), canonical, factor, levels)
+
+
+def _beyond_model(request: EditRequest, canonical: Grid) -> int:
+    """How many CT voxels to generate lie outside the model's field of view; an error unless the request fills them
+    with air (outpainting canvases are often wider than the model, with only air in their corners)."""
+    ct = request.channels.get("ct")
+    if ct is None:
+        return 0
+    beyond = int((~ct.known & ~field_of_view(canonical, request.grid)).sum())
+    if beyond and not request.air_beyond_model:
+        extent = " x ".join(f"{n * s:.0f}" for n, s in zip(canonical.shape_zyx[::-1], canonical.spacing_xyz))
+        raise MedSynError(f"{beyond} voxels to generate lie outside the model's {extent} mm field of view; make the "
+                          "region smaller or centre the model on it")
+    return beyond

@@ -25,12 +25,12 @@ from slicer.util import VTKObservationMixin
 from medsyn.errors import MedSynError
 from MedSynSlicerLib import dependencies
 from MedSynSlicerLib.model_import import official_import_params
+from MedSynSlicerLib.resources import resource_path
 from MedSynSlicerLib.runner import MODES, MedSynRunner, RunInputs, RunSettings, RunUpdate
 from MedSynSlicerLib.segment_mapping import NOT_MAPPED, STRUCTURES, resolve_mapping, segment_names
 from MedSynSlicerLib.worker_client import SubprocessTransport, WorkerClient
 
 MODULE_DIR = Path(__file__).resolve().parent
-SAMPLE_PHANTOM = MODULE_DIR / "Resources" / "SampleData" / "MedSynDemoPhantom.nrrd"
 PYTHON_SETTING = "MedSyn/PythonExecutable"  # a configured interpreter instead of PythonSlicer (e.g. a CUDA venv)
 POLL_INTERVAL_MS = 200
 HEARTBEAT_TIMEOUT_S = 60.0
@@ -49,6 +49,7 @@ class MedSynSlicer(ScriptedLoadableModule):
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = []
         self.parent.contributors = ["MedSynSlicer contributors"]
+        self.parent.icon = qt.QIcon(str(resource_path("Icons/MedSynSlicer.png")))  # Slicer looks only next to the module
         self.parent.helpText = _("""
 Generate synthetic chest CT volumes with lobe, airway and vessel segmentations from a free-text radiology report,
 condition them on drawn or loaded anatomy, inpaint a masked region, outpaint beyond the field of view, or segment a CT.
@@ -67,12 +68,13 @@ def registerSampleData():
     """The demo phantom ships with the module, so the Sample Data entry works offline."""
     import SampleData
 
+    phantom = resource_path("SampleData/MedSynDemoPhantom.nrrd")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="MedSyn",
         sampleName="MedSynDemoPhantom",
-        thumbnailFileName=str(MODULE_DIR / "Resources" / "Icons" / "MedSynSlicer.png"),
-        uris=SAMPLE_PHANTOM.as_uri(),
-        fileNames=SAMPLE_PHANTOM.name,
+        thumbnailFileName=str(resource_path("Icons/MedSynSlicer.png")),
+        uris=phantom.as_uri(),
+        fileNames=phantom.name,
         nodeNames="MedSynDemoPhantom",
         loadFileTypes="VolumeFile",
     )
@@ -125,7 +127,7 @@ class MedSynSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MedSynSlicer.ui"))
+        uiWidget = slicer.util.loadUI(str(resource_path("UI/MedSynSlicer.ui")))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -286,9 +288,6 @@ class MedSynSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except ValueError:  # an override points at a deleted segment: start again from the names
             node.anatomyOverrides = {}
             mapping = resolve_mapping(segments)
-        except ImportError:  # name matching uses the backend's table, installed on the first Apply
-            mapping = {}
-            self.ui.statusLabel.text = _("Segment names are matched once the MedSyn packages are installed (Apply).")
         for structure, combo in self._mappingCombos.items():
             combo.clear()
             combo.addItem(_("(not used)"), NOT_MAPPED)
@@ -452,7 +451,7 @@ class MedSynSlicerLogic(ScriptedLoadableModuleLogic):
         return self.runner.busy
 
     def requirementsPath(self) -> Path:
-        return MODULE_DIR / "Resources" / "requirements.txt"
+        return resource_path("requirements.txt")
 
     def dependenciesReady(self) -> bool:
         return not dependencies.torch_missing() and not dependencies.missing_requirements(

@@ -14,23 +14,22 @@ from typing import Mapping, Optional
 import numpy as np
 import slicer
 
+from medsyn.editing.segment_names import segment_target
+from medsyn.io.segmentation import SEGMENTS
+
 from .scene_io import reference_geometry, segment_mask, write_labelmap_array
 
-# The backend's structures (medsyn.io.segmentation.SEGMENTS) with the model's lobe labels; kept here as constants
-# because the panel builds its mapping table before the backend's packages are installed.
-LOBES = {"left upper lobe": 1, "left lower lobe": 2, "right upper lobe": 3, "right middle lobe": 4,
-         "right lower lobe": 5}
+# The backend's structures and lobe labels; their modules need only numpy, so the panel builds its mapping table
+# before the backend's packages are installed.
+STRUCTURES = tuple(segment.name for segment in SEGMENTS)
+LOBES = {segment.name: segment.label for segment in SEGMENTS if segment.layer == "lobes"}
 AIRWAY, VESSELS = "airway", "vessels"
-STRUCTURES = (*LOBES, AIRWAY, VESSELS)
 NOT_MAPPED = ""  # override value meaning "do not use any segment for this structure"
-_STRUCTURE_OF_TARGET = {**{("lobes", label): name for name, label in LOBES.items()},
-                        ("airway", 1): AIRWAY, ("vessels", 1): VESSELS}
+_STRUCTURE_OF_TARGET = {(segment.layer, segment.label): segment.name for segment in SEGMENTS}
 
 
 def structure_for(segment_name: str) -> Optional[str]:
-    """Canonical structure a segment name stands for, or None (needs the backend's packages: pynrrd)."""
-    from medsyn.editing.segment_names import segment_target
-
+    """Canonical structure a segment name stands for, or None."""
     target = segment_target(segment_name, {})
     return None if target is None else _STRUCTURE_OF_TARGET[target]
 

@@ -1,7 +1,7 @@
 """Load MedSynSlicer.ui without Slicer: CTK/MRML widget classes are swapped for plain Qt stand-ins (PySide6).
 
 Used by the UI test (the file loads, every widget the module references exists) and to render the panel mock-up
-shipped as ``MedSynSlicer/Resources/Screenshots/panel.png``::
+shipped as ``Resources/Screenshots/panel.png``::
 
     QT_QPA_PLATFORM=offscreen python Testing/Python/slicer_ui_mockup.py
 """
@@ -12,8 +12,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-UI_FILE = REPO / "MedSynSlicer" / "Resources" / "UI" / "MedSynSlicer.ui"
-MOCKUP_FILE = REPO / "MedSynSlicer" / "Resources" / "Screenshots" / "panel.png"
+UI_FILE = REPO / "Resources" / "UI" / "MedSynSlicer.ui"
+MOCKUP_FILE = REPO / "Resources" / "Screenshots" / "panel.png"
 
 # Slicer-only class -> Qt class that looks alike; properties of the Slicer class are dropped (they do not exist).
 STAND_INS = {

@@ -1,5 +1,6 @@
 """Slicer must be able to load MedSynSlicer.py before the backend packages are installed: importing it with torch,
-transformers and monai blocked (and slicer / qt / ctk / vtk replaced by permissive stubs) must work."""
+transformers, monai and pynrrd blocked (and slicer / qt / ctk / vtk replaced by permissive stubs) must work, and so must
+the model selector and the segment-name matching of the anatomy table."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,7 @@ MODULE_DIR = Path(__file__).resolve().parents[2] / "MedSynSlicer"
 IMPORT_WITH_BLOCKED_BACKEND = textwrap.dedent("""
     import importlib.abc, importlib.util, sys, types
 
-    BLOCKED = ("torch", "transformers", "monai")
+    BLOCKED = ("torch", "transformers", "monai", "nrrd")
     STUBBED = ("slicer", "qt", "ctk", "vtk")
 
     class Blocker(importlib.abc.MetaPathFinder):
@@ -54,6 +55,8 @@ IMPORT_WITH_BLOCKED_BACKEND = textwrap.dedent("""
     assert callable(MedSynSlicer.registerSampleData)
     models = MedSynSlicer.MedSynSlicerLogic.availableModels(None)  # the model selector works before installing
     assert isinstance(models, list)
+    from MedSynSlicerLib.segment_mapping import structure_for
+    assert structure_for("Lung_Upper_Lobe_Left") == "left upper lobe" and structure_for("Segment_1") is None
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not loaded, loaded
     print("imported without", ", ".join(BLOCKED))
@@ -64,7 +67,7 @@ def test_module_imports_without_torch_transformers_or_monai():
     completed = subprocess.run([sys.executable, "-c", IMPORT_WITH_BLOCKED_BACKEND, str(MODULE_DIR)],
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
-    assert "imported without torch, transformers, monai" in completed.stdout
+    assert "imported without torch, transformers, monai, nrrd" in completed.stdout
 
 
 def test_the_blocker_really_blocks():

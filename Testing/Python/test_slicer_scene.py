@@ -17,7 +17,6 @@ from medsyn.errors import MedSynError
 from medsyn.geometry import Grid
 from medsyn.io.outputs import write_generation_outputs
 from medsyn.io.provenance import build_provenance
-from medsyn.io.segmentation import SEGMENTS
 from MedSynSlicerLib import roi, scene_io, segment_mapping
 from MedSynSlicerLib.runner import MODES, RunInputs, RunSettings, build_request, check_inputs, import_result
 from slicer_mrml import add_segment, add_volume, in_study, new_scene
@@ -95,11 +94,6 @@ def test_labelmap_array_lands_on_the_reference_voxels(scene, tmp_path):
     ("left upper lobe nodule", None), ("Segment_1", None)])
 def test_segment_names_map_to_structures(name, structure):
     assert segment_mapping.structure_for(name) == structure
-
-
-def test_canonical_structures_are_the_backend_segment_names():
-    assert list(segment_mapping.STRUCTURES) == [segment.name for segment in SEGMENTS]
-    assert {s.name: s.label for s in SEGMENTS if s.layer == "lobes"} == segment_mapping.LOBES
 
 
 def test_overrides_win_over_names_and_unknown_ids_are_refused():

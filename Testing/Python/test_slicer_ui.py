@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from MedSynSlicerLib.resources import resource_path
 from slicer_ui_mockup import REPO, STAND_INS, UI_FILE, load_ui, render_mockup
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -38,6 +39,11 @@ def parameter_fields() -> dict[str, str]:
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MedSynSlicerParameterNode")
     return {s.target.id: ast.unparse(s.annotation) for s in node.body if isinstance(s, ast.AnnAssign)}
+
+
+def test_this_is_the_ui_file_the_module_loads():
+    assert resource_path("UI/MedSynSlicer.ui") == UI_FILE
+    assert 'loadUI(str(resource_path("UI/MedSynSlicer.ui")))' in MODULE_FILE.read_text(encoding="utf-8")
 
 
 def test_the_ui_loads_and_every_widget_class_is_qt_or_has_a_stand_in(panel):

@@ -2,6 +2,8 @@
 
 The file stores one labelmap layer per model channel (lobes 1..5, airway, vessels) because airway and vessels overlap
 the lobes; Slicer loads such multi-layer files as one segmentation node with seven segments.
+pynrrd is imported inside the reader and writer: the segment table (``SEGMENTS``) is needed by the Slicer panel's name
+matching before the backend's packages are installed.
 """
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nrrd
 import numpy as np
 
 from medsyn.errors import MedSynError
@@ -78,6 +79,8 @@ def write_seg_nrrd(
     description: str = "",
 ) -> Path:
     """Write the anatomy label maps (z, y, x) as a Slicer .seg.nrrd with the seven named segments of ``SEGMENTS``."""
+    import nrrd
+
     layers = {"lobes": lobes, "airway": airway, "vessels": vessels}
     for name, array in layers.items():
         if array.shape != grid.shape_zyx:
@@ -131,6 +134,8 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Grid]
 
     Names matching ``SEGMENTS`` case-insensitively are returned in our spelling, so a user's "Left Upper Lobe" is found.
     """
+    import nrrd
+
     source = Path(path)
     if not source.is_file():
         raise MedSynError(f"segmentation file {source} does not exist")

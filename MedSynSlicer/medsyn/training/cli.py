@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps", "batch_size", "grad_accum", "lr",
-                 "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers")
+                 "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
+                 "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -59,6 +60,11 @@ def add_training_commands(sub) -> None:
     p.add_argument("--resample", default=None, choices=["spacing", "resize"])
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--ema-decay", type=float, default=None, help="default 0.999 (low-res) / 0.995 (SR)")
+    p.add_argument("--ema-every", type=int, default=None, help="default every step (low-res) / 10 steps (SR)")
+    p.add_argument("--ema-start", type=int, default=None, help="EMA copies the online weights before this step")
+    p.add_argument("--text-dropout", type=float, default=None, help="share of samples trained unconditionally")
+    p.add_argument("--data-cache", default=None, help="prepared-data folder to reuse (default: <out>/data)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export-model", help="turn training runs into a model folder with a card")
@@ -78,7 +84,7 @@ def add_training_commands(sub) -> None:
 
     p = sub.add_parser("pretrain-text", help="pretrain the small demo text encoder on phantom reports")
     p.add_argument("--n-reports", type=int, default=4000)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_pretrain_text)

@@ -16,11 +16,11 @@ medsyn phantom --n 320 --seed 1000 --size 128 --out "$WORK/phantoms"
 
 # 3. Low-res stage (32³ × 4 channels, text cross-attention) and SR stage (32³ → 128³, in-plane crops).
 OMP_NUM_THREADS=1 medsyn train --stage lowres --data "$WORK/phantoms/manifest.jsonl" --out "$WORK/run_low" \
-  --model-config "$REPO/scripts/demo_lowres_config.json" --text-encoder "$TEXT" --steps "${LOWRES_STEPS:-1500}" \
-  --batch-size 4 --checkpoint-every 100 --seed 0 --device cpu --ema-decay 0.995 --ema-every 1 --ema-start 400 &
+  --model-config "$REPO/scripts/demo_lowres_config.json" --text-encoder "$TEXT" --steps "${LOWRES_STEPS:-1800}" \
+  --batch-size 4 --lr 6e-4 --checkpoint-every 100 --seed 0 --device cpu --ema-decay 0.995 --ema-every 1 --ema-start 600 &
 OMP_NUM_THREADS=1 medsyn train --stage sr --data "$WORK/phantoms/manifest.jsonl" --out "$WORK/run_sr" \
-  --model-config "$REPO/scripts/demo_sr_config.json" --steps "${SR_STEPS:-600}" --batch-size 4 --crop 24x24 \
-  --checkpoint-every 50 --seed 0 --device cpu --ema-decay 0.98 --ema-every 1 --ema-start 150 &
+  --model-config "$REPO/scripts/demo_sr_config.json" --steps "${SR_STEPS:-900}" --batch-size 4 --lr 1e-3 --crop 24x24 \
+  --checkpoint-every 50 --seed 0 --device cpu --ema-decay 0.98 --ema-every 1 --ema-start 200 &
 wait
 
 # 4. Model folder with a card (EMA weights, sha256, default steps).

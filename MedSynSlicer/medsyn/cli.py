@@ -7,27 +7,23 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from .cli_sampling import add_sampling_arguments, sampling_kwargs
+from .cli_report import add_report_arguments, read_report
 from .errors import MedSynError
-
-
-def _read_report(args: argparse.Namespace) -> str:
-    if args.report_file:
-        try:
-            return Path(args.report_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise MedSynError(f"cannot read report file {args.report_file}: {exc.strerror}") from exc
-    return args.report or ""
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import api
     from .cli_progress import TerminalProgress
 
+    from .editing.cli import anatomy_kwargs
+
+    anatomy = anatomy_kwargs(args)
+    operation = api.generate_conditioned if anatomy else api.generate
     progress = TerminalProgress()
     try:
-        paths = api.generate(_read_report(args), args.out, model=args.model, seed=args.seed, steps=args.steps,
-                             sr_steps=args.sr_steps, guidance=args.guidance, device=args.device,
-                             low_res_only=args.low_res_only, callback=progress, overwrite=args.overwrite)
+        paths = operation(read_report(args), args.out, seed=args.seed, callback=progress, overwrite=args.overwrite,
+                          **sampling_kwargs(args), **anatomy)
     finally:
         progress.close()
     for name, path in paths.items():
@@ -75,18 +71,14 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate a synthetic chest CT + lobes/airway/vessels from a report")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--report", help="report text (Findings / Impression)")
-    src.add_argument("--report-file", help="file holding the report text")
-    p.add_argument("--model", default=None, help="model name, folder, or hf://owner/repo@rev (default: bundled demo)")
+    add_report_arguments(p, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="low-res DDIM steps (default: model card)")
-    p.add_argument("--sr-steps", type=int, default=None, help="super-resolution DDIM steps (default: model card)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model card)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--low-res-only", action="store_true", help="skip the super-resolution stage")
+    add_sampling_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
+    from .editing.cli import add_anatomy_arguments
+
+    add_anatomy_arguments(p)
     p.set_defaults(func=cmd_generate)
 
 
@@ -129,7 +121,26 @@ def _add_training(sub) -> None:
     add_training_commands(sub)
 
 
-COMMAND_GROUPS: list[Callable] = [_add_generate, _add_models, _add_tools, _add_training]
+def _add_editing(sub) -> None:
+    from .editing.cli import add_editing_commands
+
+    add_editing_commands(sub)
+
+
+def _add_evaluation(sub) -> None:
+    from .evaluation.cli import add_evaluate_command
+
+    add_evaluate_command(sub)
+
+
+def _add_batch(sub) -> None:
+    from .batch_cli import add_batch_commands
+
+    add_batch_commands(sub)
+
+
+COMMAND_GROUPS: list[Callable] = [_add_generate, _add_models, _add_tools, _add_training, _add_editing, _add_evaluation,
+                                  _add_batch]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,25 +23,28 @@ class LowResDenoiser:
         if combine not in ("x0", "eps_batched"):
             raise MedSynError(f"unknown guidance combination {combine!r}; use 'x0' or 'eps_batched'")
         self.net, self.cond, self.scale, self.combine = net, cond, float(guidance_scale), combine
-
-    def _expand_cond(self, batch: int) -> Optional[torch.Tensor]:
-        if self.cond is None or self.cond.shape[0] == batch:
-            return self.cond
-        return self.cond.expand(batch, *self.cond.shape[1:])
+        self._paired: Optional[torch.Tensor] = None
 
     def __call__(self, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        cond = self._expand_cond(x_t.shape[0])
-        if cond is None or self.scale == 1.0:
-            return self.net(x_t, time, cond)
+        # The net shares a (1, tokens, H) text across the batch; passing the same tensor every step lets it reuse k/v.
+        if self.cond is None or self.scale == 1.0:
+            return self.net(x_t, time, self.cond)
         if self.combine == "x0":
-            x0_cond = self.net(x_t, time, cond)
+            x0_cond = self.net(x_t, time, self.cond)
             x0_null = self.net(x_t, time, None)
             return x0_null + (x0_cond - x0_null) * self.scale
-        return self._eps_batched(x_t, time, cond)
+        return self._eps_batched(x_t, time)
 
-    def _eps_batched(self, x_t: torch.Tensor, time: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        null = self.net.null_cond_emb.expand(x_t.shape[0], *self.net.null_cond_emb.shape[1:]).to(cond)
-        out = self.net(torch.cat([x_t, x_t]), torch.cat([time, time]), torch.cat([cond, null]))
+    def _paired_cond(self, batch: int) -> torch.Tensor:
+        """cat([cond, null]) for the 2·batch forward, built once per batch size rather than at every step."""
+        if self._paired is None or self._paired.shape[0] != 2 * batch:
+            cond = self.cond.expand(batch, *self.cond.shape[1:])
+            null = self.net.null_cond_emb.expand(batch, *self.net.null_cond_emb.shape[1:]).to(cond)
+            self._paired = torch.cat([cond, null])
+        return self._paired
+
+    def _eps_batched(self, x_t: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        out = self.net(torch.cat([x_t, x_t]), torch.cat([time, time]), self._paired_cond(x_t.shape[0]))
         x0_cond, x0_null = out.chunk(2)
         alpha = alpha_cumprod(time).view(-1, 1, 1, 1, 1).to(x_t)
         eps_cond = (x_t - alpha.sqrt() * x0_cond) / (1 - alpha).sqrt()

@@ -7,13 +7,15 @@ official xformers call is the same maths) with depth folded into the batch, so n
 from __future__ import annotations
 
 import math
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 ATTN_DIM_HEAD = 32  # the official constructors accept attn_dim_head but always build 32-wide heads
+TEXT_MEMO_SIZE = 4  # texts kept by ``reuse_text_keys``: cond and null for CFG, with room to spare
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -163,15 +165,46 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Conv2d(dim, hidden, 1, bias=False)
         self.to_kv = nn.Linear(cond_dim, hidden * 2, bias=False)
         self.to_out = nn.Conv2d(hidden, dim, 1)
+        self.text_memo: Optional[dict] = None  # set by ``reuse_text_keys`` for the length of one sampling run
+
+    def _keys_values(self, cond: torch.Tensor) -> torch.Tensor:
+        """to_kv(cond), computed once per text tensor while a ``reuse_text_keys`` block runs without autograd."""
+        if self.text_memo is None or torch.is_grad_enabled():
+            return self.to_kv(cond)
+        device = cond.device.type
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        key = (id(cond), torch.get_autocast_dtype(device) if autocast else None)
+        hit = self.text_memo.get(key)
+        if hit is None or hit[0] is not cond:  # the stored reference keeps id(cond) from being reused meanwhile
+            if len(self.text_memo) >= TEXT_MEMO_SIZE:  # a caller that builds a new text tensor per step
+                self.text_memo.pop(next(iter(self.text_memo)))
+            hit = self.text_memo[key] = (cond, self.to_kv(cond))
+        return hit[1]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``cond`` is (1 or B, tokens, cond_dim); one text row is shared by the whole batch without copying."""
         b, c, d, h, w = x.shape
         tokens = x.permute(0, 2, 3, 4, 1).reshape(b, d * h * w, c)
         q = _split_heads(F.linear(tokens, self.to_q.weight.flatten(1)), self.heads)
-        k, v = (_split_heads(part, self.heads) for part in self.to_kv(cond).chunk(2, dim=-1))
+        kv = self._keys_values(cond).expand(b, -1, -1)
+        k, v = (_split_heads(part, self.heads) for part in kv.chunk(2, dim=-1))
         out = _merge_heads(F.scaled_dot_product_attention(q, k, v))
         out = F.linear(out, self.to_out.weight.flatten(1), self.to_out.bias)
         return out.reshape(b, d, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+@contextmanager
+def reuse_text_keys(net: nn.Module) -> Iterator[None]:
+    """Within the block, each cross-attention of ``net`` projects a given text tensor to keys/values only once:
+    a sampling run feeds the same text at every step, so this moves that work out of the step loop. Same numbers."""
+    attentions = [m for m in net.modules() if isinstance(m, CrossAttention)]
+    for attention in attentions:
+        attention.text_memo = {}
+    try:
+        yield
+    finally:
+        for attention in attentions:
+            attention.text_memo = None
 
 
 def downsample(dim: int) -> nn.Conv3d:

@@ -49,7 +49,7 @@ class LowResUNet3D(UpOrderSwitch, nn.Module):
         """x̂0 for x (B,C,D,H,W) at raw times (B,); ``cond=None`` uses the learned null text embedding."""
         if cond is None:
             cond = self.null_cond_emb
-        cond = cond.to(x.dtype).expand(x.shape[0], -1, -1)
+        cond = cond.to(x.dtype)  # (1 or B, tokens, cond_dim): cross-attention shares one row across the batch
         x = self.init_conv(x)
         stem = x
         t = self.time_mlp(time)

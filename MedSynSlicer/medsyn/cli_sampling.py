@@ -1,6 +1,6 @@
-"""Command-line options shared by ``medsyn generate`` and ``medsyn generate-batch``: model, steps, guidance, device,
-sampler and how to run (precision, SR tiles). Names are checked by the API (one-line errors), which keeps torch out of
-argument parsing."""
+"""Command-line options shared by ``medsyn generate``, ``generate-batch``, ``inpaint``, ``outpaint`` and ``segment``:
+model, steps, guidance, device, sampler and how to run (precision, SR tiles). Names are checked by the API (one-line
+errors), which keeps torch out of argument parsing."""
 from __future__ import annotations
 
 import argparse

@@ -15,13 +15,12 @@ from medsyn.diffusion.known_region import Resampling
 from medsyn.editing import api
 from medsyn.editing.engine import model_grid_for
 from medsyn.editing.known import KnownVolume, encode_known, known_regions
-from medsyn.editing.local_sr import super_resolve
 from medsyn.editing.masks import load_anatomy
 from medsyn.editing.modes import conditioned_request
 from medsyn.io.segmentation import read_seg_nrrd, write_seg_nrrd
 from medsyn.io.volumes import read_volume, write_volume
 from medsyn.models.loaded import load_model
-from medsyn.pipeline import MedSynPipeline
+from medsyn.pipeline import MedSynPipeline, seed_noise
 from medsyn.progress import CancelToken, Cancelled
 from tiny_model import build_tiny_model
 
@@ -100,7 +99,8 @@ def test_segmentation_keeps_the_ct_and_generates_anatomy_on_its_grid(report, loa
     assert lobes.dtype == np.uint8 and lobes.max() <= 5 and lobes.any()
     _assert_on_grid(paths, grid)
     provenance = json.loads(paths["provenance"].read_text())
-    assert provenance["prompt"] == report and provenance["guidance"] == (0.0 if report is None else 1.0)
+    assert provenance["prompt"] == report and provenance["guidance"] == (None if report is None else 1.0)
+    assert provenance["sampler"].endswith("unconditional") == (report is None)
 
 
 def _anatomy_on_model_grid(loaded, folder: Path):
@@ -135,7 +135,9 @@ def test_fixing_is_exact_in_the_sampler_at_both_stages(loaded, tmp_path):
     known_low, known_full = known_regions(encode_known(request.channels, request.grid, grid, (-1024.0, 600.0)), 2)
     low = MedSynPipeline(loaded).generate("Cardiomegaly.", seed=4, low_res_only=True, known_lowres=known_low)
     assert np.array_equal(low.lowres.lobes, lobes[::2, ::2, ::2])
-    full = decode_volume(super_resolve(loaded, low.lowres_tensor, known_full, seed=4, steps=2)[0].numpy())
+    _, noise = seed_noise([4], low.lowres_grid.shape_zyx, grid.shape_zyx)
+    full = decode_volume(MedSynPipeline(loaded).super_resolve(low.lowres_tensor, noise, 2, known=known_full)[0][0]
+                         .numpy())
     for given, sampled in ((lobes, full.lobes), (airway, full.airway), (vessels, full.vessels)):
         assert np.array_equal(sampled, given)
 
@@ -150,8 +152,11 @@ def test_whole_volume_super_resolution_matches_the_pipeline(loaded):
     known_low, known_full = known_regions(volume, 2)
     pipeline = MedSynPipeline(loaded)
     whole = pipeline.generate("Emphysema.", seed=5, known_lowres=known_low, known_sr=known_full)
-    ours = super_resolve(loaded, whole.lowres_tensor, known_full, seed=5, steps=2)
-    assert torch.equal(ours, whole.volume_tensor)
+    _, noise = seed_noise([5], whole.lowres_grid.shape_zyx, grid.shape_zyx)
+    everything = tuple(slice(0, n) for n in grid.shape_zyx)  # a box covering the grid takes the box path
+    for box in (None, everything):
+        ours, _ = pipeline.super_resolve(whole.lowres_tensor, noise, 2, known=known_full, box=box)
+        assert torch.equal(ours, whole.volume_tensor)
 
 
 def test_local_edit_super_resolves_only_its_box(tmp_path):

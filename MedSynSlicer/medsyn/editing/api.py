@@ -30,6 +30,7 @@ from .outputs import edit_provenance, write_edit_outputs
 __all__ = ["generate_conditioned", "inpaint", "outpaint", "segment"]
 
 PathLike = str | Path
+SRTile = str | tuple[int, int, int]
 
 
 def generate_conditioned(report: str, out_dir: PathLike, lobes: Optional[PathLike] = None,
@@ -37,11 +38,13 @@ def generate_conditioned(report: str, out_dir: PathLike, lobes: Optional[PathLik
                          segment_map: Optional[str] = None, *, center_lps: Optional[Sequence[float]] = None,
                          model: Optional[str] = None, loaded: Optional[LoadedModel] = None, seed: int = 0,
                          steps: Optional[int] = None, sr_steps: Optional[int] = None, guidance: Optional[float] = None,
-                         device: str = "auto", low_res_only: bool = False, feather_voxels: int = 0,
+                         device: str = "auto", low_res_only: bool = False, sampler: str = "ddim",
+                         precision: str = "auto", sr_tile: SRTile = "auto", feather_voxels: int = 0,
                          resampling: Optional[Resampling] = None, callback: Optional[ProgressCallback] = None,
                          cancel: Optional[CancelToken] = None, overwrite: bool = False) -> dict[str, Path]:
     """Generate a CT whose lobe / airway / vessel channels are the given maps (any subset), on the model's grid
-    placed on that anatomy."""
+    placed on that anatomy. ``sampler``, ``precision`` and ``sr_tile`` are ``medsyn.api.generate``'s, for both
+    stages; the editing functions below take them too."""
     if not report or not report.strip():
         raise MedSynError("the report is empty; type the findings you want the synthetic CT to show")
     check_output_dir(out_dir, overwrite)
@@ -50,7 +53,8 @@ def generate_conditioned(report: str, out_dir: PathLike, lobes: Optional[PathLik
         raise MedSynError("no anatomy given; pass lobes, airway and/or vessels")
     loaded = loaded if loaded is not None else load_model(model, device)
     request = conditioned_request(anatomy, model_grid_for(loaded, low_res_only)[0], center_lps)
-    options = SamplingOptions(report, seed, steps, sr_steps, guidance, low_res_only, feather_voxels, resampling)
+    options = SamplingOptions(report, seed, steps, sr_steps, guidance, low_res_only, sampler, precision, sr_tile,
+                              feather_voxels, resampling)
     inputs = {role: label.path for role, label in anatomy.items()}
     return _sample_and_write(loaded, request, options, inputs, out_dir, callback, cancel, overwrite)
 
@@ -60,17 +64,19 @@ def inpaint(input_path: PathLike, mask_path: PathLike, out_dir: PathLike, report
             segment_map: Optional[str] = None, *, center_lps: Optional[Sequence[float]] = None, local_sr: bool = True,
             model: Optional[str] = None, loaded: Optional[LoadedModel] = None, seed: int = 0,
             steps: Optional[int] = None, sr_steps: Optional[int] = None, guidance: Optional[float] = None,
-            device: str = "auto", low_res_only: bool = False, feather_voxels: int = 0,
-            resampling: Optional[Resampling] = None, callback: Optional[ProgressCallback] = None,
-            cancel: Optional[CancelToken] = None, overwrite: bool = False) -> dict[str, Path]:
-    """Regenerate the CT inside the mask from ``report``; every voxel outside it comes back byte-identical."""
+            device: str = "auto", low_res_only: bool = False, sampler: str = "ddim", precision: str = "auto",
+            sr_tile: SRTile = "auto", feather_voxels: int = 0, resampling: Optional[Resampling] = None,
+            callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+            overwrite: bool = False) -> dict[str, Path]:
+    """Regenerate the CT inside the mask from ``report`` (none: the unconditional model); every voxel outside it
+    comes back byte-identical."""
     check_output_dir(out_dir, overwrite)
     ct, grid = load_input_ct(input_path)
     edit_mask = load_edit_mask(mask_path, grid)
     anatomy = load_anatomy(lobes, airway, vessels, segment_map)
     request = inpaint_request(ct, grid, edit_mask, anatomy, center_lps)
-    options = SamplingOptions(report, seed, steps, sr_steps, guidance, low_res_only, feather_voxels, resampling,
-                              local_sr)
+    options = SamplingOptions(report, seed, steps, sr_steps, guidance, low_res_only, sampler, precision, sr_tile,
+                              feather_voxels, resampling, local_sr)
     inputs = {"input": Path(input_path), "mask": Path(mask_path), **{r: a.path for r, a in anatomy.items()}}
     loaded = loaded if loaded is not None else load_model(model, device)
     return _sample_and_write(loaded, request, options, inputs, out_dir, callback, cancel, overwrite)
@@ -81,7 +87,8 @@ def outpaint(input_path: PathLike, out_dir: PathLike, canvas_path: Optional[Path
              center_lps: Optional[Sequence[float]] = None, model: Optional[str] = None,
              loaded: Optional[LoadedModel] = None, seed: int = 0, steps: Optional[int] = None,
              sr_steps: Optional[int] = None, guidance: Optional[float] = None, device: str = "auto",
-             low_res_only: bool = False, feather_voxels: int = 0, resampling: Optional[Resampling] = None,
+             low_res_only: bool = False, sampler: str = "ddim", precision: str = "auto", sr_tile: SRTile = "auto",
+             feather_voxels: int = 0, resampling: Optional[Resampling] = None,
              callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
              overwrite: bool = False) -> dict[str, Path]:
     """Extend the input to the canvas (a reference volume's grid, or the input grown by ``margin_mm``)."""
@@ -91,7 +98,8 @@ def outpaint(input_path: PathLike, out_dir: PathLike, canvas_path: Optional[Path
     ct, grid = load_input_ct(input_path)
     canvas = read_volume(canvas_path)[1] if canvas_path is not None else canvas_from_margin(grid, margin_mm)
     request = outpaint_request(ct, grid, canvas, center_lps)
-    options = SamplingOptions(report, seed, steps, sr_steps, guidance, low_res_only, feather_voxels, resampling)
+    options = SamplingOptions(report, seed, steps, sr_steps, guidance, low_res_only, sampler, precision, sr_tile,
+                              feather_voxels, resampling)
     inputs = {"input": Path(input_path), **({"canvas": Path(canvas_path)} if canvas_path is not None else {})}
     loaded = loaded if loaded is not None else load_model(model, device)
     return _sample_and_write(loaded, request, options, inputs, out_dir, callback, cancel, overwrite)
@@ -101,13 +109,14 @@ def segment(input_path: PathLike, out_dir: PathLike, report: Optional[str] = Non
             center_lps: Optional[Sequence[float]] = None, model: Optional[str] = None,
             loaded: Optional[LoadedModel] = None, seed: int = 0, steps: Optional[int] = None,
             sr_steps: Optional[int] = None, guidance: Optional[float] = None, device: str = "auto",
-            low_res_only: bool = False, callback: Optional[ProgressCallback] = None,
-            cancel: Optional[CancelToken] = None, overwrite: bool = False) -> dict[str, Path]:
+            low_res_only: bool = False, sampler: str = "ddim", precision: str = "auto", sr_tile: SRTile = "auto",
+            callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
+            overwrite: bool = False) -> dict[str, Path]:
     """Keep the CT and generate its lobes, airway and vessels (the paper's Table 5 use), with or without a report."""
     check_output_dir(out_dir, overwrite)
     ct, grid = load_input_ct(input_path)
     request = segment_request(ct, grid, center_lps)
-    options = SamplingOptions(report or "", seed, steps, sr_steps, guidance, low_res_only)
+    options = SamplingOptions(report or "", seed, steps, sr_steps, guidance, low_res_only, sampler, precision, sr_tile)
     loaded = loaded if loaded is not None else load_model(model, device)
     return _sample_and_write(loaded, request, options, {"input": Path(input_path)}, out_dir, callback, cancel,
                              overwrite)

@@ -10,6 +10,7 @@ import argparse
 from typing import Any, Callable
 
 from medsyn.cli_report import add_report_arguments, read_report
+from medsyn.cli_sampling import add_sampling_arguments, sampling_kwargs
 from medsyn.diffusion.known_region import Resampling
 from medsyn.errors import MedSynError
 
@@ -70,38 +71,37 @@ def add_editing_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_inpaint(args: argparse.Namespace) -> int:
     from . import api
 
-    return _run(api.inpaint, args.input, args.mask, args.out, report=read_report(args), **anatomy_kwargs(args),
-                local_sr=not args.whole_volume_sr, **_harmonisation_kwargs(args), **_sampling_kwargs(args))
+    return _run(api.inpaint, args, args.input, args.mask, args.out, report=read_report(args), **anatomy_kwargs(args),
+                local_sr=not args.whole_volume_sr, **_harmonisation_kwargs(args))
 
 
 def cmd_outpaint(args: argparse.Namespace) -> int:
     from . import api
 
-    return _run(api.outpaint, args.input, args.out, canvas_path=args.canvas, margin_mm=args.margin_mm,
-                report=read_report(args), center_lps=args.center_lps, **_harmonisation_kwargs(args),
-                **_sampling_kwargs(args))
+    return _run(api.outpaint, args, args.input, args.out, canvas_path=args.canvas, margin_mm=args.margin_mm,
+                report=read_report(args), center_lps=args.center_lps, **_harmonisation_kwargs(args))
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from . import api
 
-    return _run(api.segment, args.input, args.out, report=read_report(args) or None, center_lps=args.center_lps,
-                **_sampling_kwargs(args))
+    return _run(api.segment, args, args.input, args.out, report=read_report(args) or None,
+                center_lps=args.center_lps)
 
 
-def _run(operation: Callable[..., dict], *args: Any, **kwargs: Any) -> int:
+def _run(operation: Callable[..., dict], args: argparse.Namespace, *positional: Any, **kwargs: Any) -> int:
+    """Call ``operation`` with the shared sampling options of ``args`` added, showing progress; print the outputs."""
     from medsyn.cli_progress import TerminalProgress
 
     progress = TerminalProgress()
     try:
-        paths = operation(*args, callback=progress, **kwargs)
+        paths = operation(*positional, seed=args.seed, overwrite=args.overwrite, callback=progress, **kwargs,
+                          **sampling_kwargs(args))
     finally:
         progress.close()
     for name, path in paths.items():
         print(f"{name}: {path}")
     return 0
-
-
 
 
 def _add_centre(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -118,13 +118,9 @@ def _add_harmonisation(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model name, folder, or hf://owner/repo@rev (default: bundled demo)")
+    """The options ``medsyn generate`` has too (``cli_sampling``), plus seed and output folder."""
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=None, help="low-res DDIM steps (default: model card)")
-    p.add_argument("--sr-steps", type=int, default=None, help="super-resolution DDIM steps (default: model card)")
-    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: model card)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--low-res-only", action="store_true", help="skip the super-resolution stage")
+    add_sampling_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
 
@@ -132,12 +128,6 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 def _harmonisation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     resampling = None if args.repaint is None else Resampling(*args.repaint, seed=args.seed)
     return {"feather_voxels": args.feather, "resampling": resampling}
-
-
-def _sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"model": args.model, "seed": args.seed, "steps": args.steps, "sr_steps": args.sr_steps,
-            "guidance": args.guidance, "device": args.device, "low_res_only": args.low_res_only,
-            "overwrite": args.overwrite}
 
 
 def _millimetres(text: str) -> tuple[float, float, float]:

@@ -1,14 +1,14 @@
 """Runs one editing job: place the model's grid, fix the known channels at both stages, sample, map back, composite.
 
 Every editing mode is an ``EditRequest`` (which channels are known where, on the output grid); this is the only code
-that samples for them. The low-res stage goes through ``MedSynPipeline``; the SR stage through ``local_sr`` so that a
-small edit is super-resolved on its bounding box only.
+that samples for them. Both stages go through ``MedSynPipeline`` with the job's sampler and performance options; the SR
+stage runs on the box ``local_sr`` picks, so that a small edit is super-resolved on its bounding box only.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -17,16 +17,15 @@ from medsyn.diffusion.known_region import Resampling
 from medsyn.errors import MedSynError
 from medsyn.geometry import Grid
 from medsyn.models.loaded import LoadedModel
-from medsyn.pipeline import MedSynPipeline, model_grids
+from medsyn.pipeline import Box, MedSynPipeline, describe_plan, model_grids, seed_noise
+from medsyn.presets import PerformanceOptions
 from medsyn.progress import CancelToken, ProgressCallback
 
 from .canonical import canonical_grid
 from .composite import to_output_grid
 from .known import KnownChannel, encode_known, known_regions
-from .local_sr import Box, sr_box, super_resolve
+from .local_sr import sr_box
 from .resample import field_of_view, touched
-
-_NO_REPORT_PLACEHOLDER = "."
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,8 @@ class EditRequest:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """How to sample: the pipeline's settings plus the editing-only harmonisation and locality switches."""
+    """How to sample: the pipeline's settings (as ``medsyn.api.generate``'s) plus the editing-only harmonisation and
+    locality switches. An empty report samples the unconditional model."""
 
     report: str = ""
     seed: int = 0
@@ -51,6 +51,9 @@ class SamplingOptions:
     sr_steps: Optional[int] = None
     guidance: Optional[float] = None
     low_res_only: bool = False
+    sampler: str = "ddim"
+    precision: str = "auto"
+    sr_tile: Union[str, tuple[int, int, int]] = "auto"
     feather_voxels: int = 0
     resampling: Optional[Resampling] = None
     local_sr: bool = True
@@ -87,21 +90,21 @@ def run_edit(loaded: LoadedModel, request: EditRequest, options: SamplingOptions
     beyond = _beyond_model(request, canonical)
     known_low, known_full = known_regions(encode_known(request.channels, request.grid, canonical, window), factor,
                                           options.feather_voxels, options.resampling)
-    # Without a report, guidance 0 leaves x̂0_null + 0·(x̂0_text - x̂0_null): the learned null embedding alone, which is
-    # the official unconditional model; the placeholder text is multiplied away.
-    report, guidance = (options.report, options.guidance) if options.report else (_NO_REPORT_PLACEHOLDER, 0.0)
-    low = MedSynPipeline(loaded).generate(report, seed=options.seed, steps=options.steps, guidance=guidance,
-                                          low_res_only=True, known_lowres=known_low, callback=callback, cancel=cancel)
-    settings = {**low.settings, "prompt": options.report or None, "low_res_only": options.low_res_only,
-                "air_voxels_beyond_model": beyond}
+    pipeline = MedSynPipeline(loaded, PerformanceOptions(precision=options.precision, sr_tile=options.sr_tile))
+    low = pipeline.generate(options.report, seed=options.seed, steps=options.steps, guidance=options.guidance,
+                            low_res_only=True, sampler=options.sampler, known_lowres=known_low, callback=callback,
+                            cancel=cancel)
+    settings = {**low.settings, "low_res_only": options.low_res_only, "air_voxels_beyond_model": beyond}
     box = _local_box(loaded, request, canonical, factor) if options.local_sr and not options.low_res_only else None
     if options.low_res_only:
         x = low.lowres_tensor
     else:
         settings["sr_steps"] = options.sr_steps or card.sr.steps
         start = time.perf_counter()
-        x = super_resolve(loaded, low.lowres_tensor, known_full, options.seed, settings["sr_steps"], box, callback,
-                          cancel)
+        _, noise = seed_noise([options.seed], low.lowres_grid.shape_zyx, model_grid.shape_zyx)
+        x, plan = pipeline.super_resolve(low.lowres_tensor, noise, settings["sr_steps"], options.sampler, known_full,
+                                         box, callback, cancel)
+        settings["sr_tile"] = describe_plan(plan)
         settings["timings"] = {**settings["timings"], "sr_s": time.perf_counter() - start}
     decoded = decode_volume(x[0].float().numpy(), window)
     arrays = to_output_grid(decoded, canonical, request.grid, request.channels, window)

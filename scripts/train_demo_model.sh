@@ -28,4 +28,4 @@ medsyn export-model --lowres "$WORK/run_low" --sr "$WORK/run_sr" --text-encoder 
   --out "$WORK/medsyn-demo-phantom" --name medsyn-demo-phantom --license Apache-2.0 \
   --description "Demonstration model trained by MedSynSlicer on procedural chest phantoms. NOT a model of real patients." \
   --intended-use "Trying MedSynSlicer end to end without the gated official weights; tests; teaching. Not for clinical or research conclusions about real anatomy." \
-  --steps 50 --sr-steps 10 --guidance 2.0
+  --steps 50 --sr-steps 10 --guidance 6.0

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..models.card import GridCard
 from ..models.weights import sha256_file
 from ..text.encoder import FeatureCache, TextEncoder, find_weight_file
-from .atomic_folder import atomic_folder
+from ..io.outputs import AtomicOutputDir
 from .manifest import ManifestRow, read_manifest
 from .transforms import load_case, lowres_of
 
@@ -51,7 +51,7 @@ def prepare_dataset(manifest: Path, grid: GridCard, hu_window: Sequence[float], 
     out_dir = Path(out_dir)
     if _existing_fingerprint(out_dir) == fingerprint:
         return out_dir
-    with atomic_folder(out_dir) as partial:
+    with AtomicOutputDir(out_dir, overwrite=True) as partial:
         cases = _write_cases(rows, grid, hu_window, resample, partial / "cases", show_progress)
         if text_encoder is not None:
             _write_text_features(rows, Path(text_encoder), partial / "text")

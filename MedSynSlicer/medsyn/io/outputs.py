@@ -69,6 +69,8 @@ class AtomicOutputDir:
 
     def __enter__(self) -> Path:
         check_output_dir(self.out_dir, self.overwrite)
+        for stale in self.out_dir.parent.glob(f".{self.out_dir.name}.partial-*"):  # left by a killed writer
+            shutil.rmtree(stale, ignore_errors=True)
         staging = self._sibling("partial")
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)

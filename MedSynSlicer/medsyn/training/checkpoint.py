@@ -1,6 +1,6 @@
 """Training checkpoints: ``<run>/checkpoints/step_<N>/`` with online and EMA weights, optimizer and trainer state.
 
-A checkpoint is written into a hidden partial folder and renamed into place (atomic_folder), so a run killed at any
+A checkpoint is written into a hidden partial folder and renamed into place (AtomicOutputDir), so a run killed at any
 moment leaves either a complete checkpoint or none. RNG states are stored as JSON lists, so resuming never unpickles anything.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..data.atomic_folder import atomic_folder
+from ..io.outputs import AtomicOutputDir
 from ..errors import MedSynError
 from ..models.weights import load_state_dict_strict, read_weight_file
 
@@ -69,7 +69,7 @@ def save_checkpoint(run_dir: Path, step: int, online: nn.Module, ema: nn.Module,
                     trainer_state: dict[str, Any]) -> Path:
     """Write ``step_<step>`` atomically; ``trainer_state`` (JSON-ready) gets the RNG states added."""
     final = checkpoint_folder(run_dir, step)
-    with atomic_folder(final) as partial:
+    with AtomicOutputDir(final, overwrite=True) as partial:
         save_weights(online, partial / MODEL_FILE)
         save_weights(ema, partial / EMA_FILE)
         torch.save(optimizer.state_dict(), partial / OPTIMIZER_FILE)

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Optional
 
-from ..data.atomic_folder import atomic_folder
+from ..io.outputs import AtomicOutputDir, check_output_dir
 from ..errors import MedSynError
 from ..models.card import GridCard, ModelCard, StageCard, save_card
 from ..models.weights import sha256_file
@@ -33,8 +33,7 @@ def export_model(lowres: Path, out_dir: Path, *, name: str, license: str, sr: Op
     if weights not in WEIGHT_CHOICES:
         raise MedSynError(f"unknown weights {weights!r}; use 'ema' or 'online'")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise MedSynError(f"{out_dir} is not empty; choose a new model folder or delete it")
+    check_output_dir(out_dir)  # before any weight is read
     low_file, low_state = _resolve(Path(lowres), "lowres", weights)
     sr_source = _resolve(Path(sr), "sr", weights) if sr is not None else None
     if sr_source is not None:
@@ -42,7 +41,7 @@ def export_model(lowres: Path, out_dir: Path, *, name: str, license: str, sr: Op
     encoder = Path(text_encoder or low_state["config"]["text_encoder"])
     if not encoder.is_dir():
         raise MedSynError(f"text encoder folder {encoder} not found; pass the one the low-res run was trained with")
-    with atomic_folder(out_dir) as partial:
+    with AtomicOutputDir(out_dir) as partial:
         training = {"lowres": _training_summary(low_state, low_file)}
         low_card = _copy_stage(low_file, low_state, partial / "lowres.safetensors", lowres_steps, guidance_scale)
         sr_card = None

@@ -61,21 +61,26 @@ class MedSynPipeline:
     def generate(self, report: Optional[str], seed: int = 0, steps: Optional[int] = None,
                  sr_steps: Optional[int] = None, guidance: Optional[float] = None, low_res_only: bool = False,
                  sampler: str = "ddim", known_lowres: Optional[KnownRegion] = None,
-                 known_sr: Optional[KnownRegion] = None, callback: Optional[ProgressCallback] = None,
-                 cancel: Optional[CancelToken] = None) -> GenerationResult:
+                 known_sr: Optional[KnownRegion] = None, lowres_box: Optional[Box] = None,
+                 callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None
+                 ) -> GenerationResult:
         """Sample one volume; the same (report, seed, settings, weights) always gives the same result on a device.
         An empty or None report samples the unconditional model (learned null embedding, no guidance)."""
         return self.generate_batch([report], [seed], steps=steps, sr_steps=sr_steps, guidance=guidance,
                                    low_res_only=low_res_only, sampler=sampler, known_lowres=known_lowres,
-                                   known_sr=known_sr, callback=callback, cancel=cancel)[0]
+                                   known_sr=known_sr, lowres_box=lowres_box, callback=callback, cancel=cancel)[0]
 
     def generate_batch(self, reports: Sequence[Optional[str]], seeds: Sequence[int], steps: Optional[int] = None,
                        sr_steps: Optional[int] = None, guidance: Optional[float] = None, low_res_only: bool = False,
                        sampler: str = "ddim", known_lowres: Optional[KnownRegion] = None,
-                       known_sr: Optional[KnownRegion] = None, callback: Optional[ProgressCallback] = None,
-                       cancel: Optional[CancelToken] = None) -> list[GenerationResult]:
+                       known_sr: Optional[KnownRegion] = None, lowres_box: Optional[Box] = None,
+                       callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None
+                       ) -> list[GenerationResult]:
         """Sample item i = (reports[i], seeds[i]) for all i in one batch. Each item's noise comes from its own seed,
-        so it is the volume it would be alone (up to the float rounding of batched kernels)."""
+        so it is the volume it would be alone (up to the float rounding of batched kernels).
+
+        With a ``lowres_box`` (a local edit) the low-res stage samples only that window, from the noise a whole-grid
+        run sees there; outside it the low-res result is the known values, else -1 (nothing, air)."""
         card, loaded = self.loaded.card, self.loaded
         if not reports or len(reports) != len(seeds):
             raise MedSynError(f"give one seed per report (got {len(reports)} reports and {len(seeds)} seeds)")
@@ -102,8 +107,11 @@ class MedSynPipeline:
         with torch.inference_mode(), reuse_text_keys(loaded.lowres):
             net = with_precision(loaded.lowres, preset.precision, loaded.device.type)
             denoiser = LowResDenoiser(net, cond, 1.0 if guidance is None else guidance, combine=card.lowres.combine)
-            x_low = sample(denoiser, noise.to(loaded.device), steps, known=known_lowres, callback=callback,
-                           cancel=cancel, stage="lowres")
+            window = _window(lowres_box)
+            x_box = sample(denoiser, noise[window].to(loaded.device), steps, known=_cropped(known_lowres, window),
+                           callback=callback, cancel=cancel, stage="lowres").cpu()
+            x_low = x_box if lowres_box is None else _paste(x_box, window, torch.full_like(noise, -1.0),
+                                                            known_lowres)
         timings["lowres_s"] = time.perf_counter() - start
         x_sr, sr_plan = None, None
         if not low_res_only:
@@ -136,8 +144,8 @@ class MedSynPipeline:
         """
         loaded = self.loaded
         x_lr = lowres_to_sr_condition(x_low.cpu(), loaded.card.grid.sr_factor)
-        window = (slice(None), slice(None), *(box or (slice(None),) * 3))
-        known_box = known if known is None or box is None else _cropped(known, window)
+        window = _window(box)
+        known_box = _cropped(known, window)
         preset = self.preset(x_lr[window].shape[2:])
         self._offload_lowres(preset)
         with torch.inference_mode():
@@ -146,11 +154,7 @@ class MedSynPipeline:
             x_box = get_sampler(sampler)(denoiser, noise[window].to(loaded.device), steps,
                                          known=None if known_box is None else known_box.to(loaded.device),
                                          callback=callback, cancel=cancel, stage="sr").cpu()
-        if box is None:
-            return x_box, denoiser.plan
-        result = known.apply(x_lr) if known is not None else x_lr
-        result[window] = x_box
-        return result, denoiser.plan
+        return (x_box if box is None else _paste(x_box, window, x_lr, known)), denoiser.plan
 
     def preset(self, sr_shape: Optional[Sequence[int]] = None) -> Preset:
         """How this model runs on its device now (precision, SR tile chain, offload), from the free memory, for an SR
@@ -206,10 +210,25 @@ def describe_plan(plan: TilePlan) -> list[int] | str:
     return list(plan) if plan else "whole"
 
 
-def _cropped(known: KnownRegion, window: tuple[slice, ...]) -> KnownRegion:
+def _window(box: Optional[Box]) -> tuple[slice, ...]:
+    """Index of a (B, C, D, H, W) tensor's ``box`` (all of it for None)."""
+    return (slice(None), slice(None), *(box or (slice(None),) * 3))
+
+
+def _cropped(known: Optional[KnownRegion], window: tuple[slice, ...]) -> Optional[KnownRegion]:
     """``known`` on a window (masks that broadcast over the volume are expanded first)."""
+    if known is None or all(part == slice(None) for part in window):
+        return known
     mask, values = torch.broadcast_tensors(known.mask, known.values)
     return KnownRegion(mask[window], values[window], known.resampling)
+
+
+def _paste(x_box: torch.Tensor, window: tuple[slice, ...], background: torch.Tensor,
+           known: Optional[KnownRegion]) -> torch.Tensor:
+    """A window's result inside the whole grid: outside the window the known values, else ``background``."""
+    result = known.apply(background) if known is not None else background.clone()
+    result[window] = x_box.to(result)
+    return result
 
 
 def _weight_bytes(net: torch.nn.Module) -> int:

@@ -12,7 +12,7 @@ from medsyn.diffusion.known_region import KnownRegion, Resampling, feather
 from medsyn.editing.canonical import canonical_grid, ct_centre_lps, fov_centre_lps
 from medsyn.editing.canvas import canvas_from_margin
 from medsyn.editing.known import KnownChannel, KnownVolume, encode_known, known_regions
-from medsyn.editing.local_sr import sr_box
+from medsyn.editing.edit_window import lowres_window, sr_box
 from medsyn.editing.resample import field_of_view, lattice_offset, resample
 from medsyn.errors import MedSynError
 from medsyn.geometry import Grid
@@ -126,3 +126,15 @@ def test_sr_box_is_aligned_divisible_and_only_used_when_small():
         assert s.start <= covered.min() - 2 and covered.max() + 2 < s.stop  # at least a 6 mm margin
     region[:, 2:30, 2:30] = True
     assert sr_box(region, grid, factor=2, levels=3) is None
+
+
+def test_lowres_window_covers_the_edit_with_context_and_divides_the_network():
+    grid = Grid((16, 64, 64), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), LPS)  # low-res grid (4, 16, 16) at 8 mm
+    region = np.zeros(grid.shape_zyx, dtype=bool)
+    region[5:7, 30:35, 20:23] = True  # low-res blocks z 1, y 7-8, x 5
+    window = lowres_window(region, grid, factor=4, levels=3, margin_mm=8.0)
+    assert window[0] == slice(0, 3)  # block 1 ± 1 voxel of context, clipped at 0
+    for s, covered in zip(window[1:], ((7, 8), (5, 5))):
+        assert (s.stop - s.start) % 4 == 0 and s.start <= covered[0] - 1 and covered[1] + 1 < s.stop
+    region[:, 4:60, 4:60] = True
+    assert lowres_window(region, grid, factor=4, levels=3) is None

@@ -159,10 +159,11 @@ def test_whole_volume_super_resolution_matches_the_pipeline(loaded):
         assert torch.equal(ours, whole.volume_tensor)
 
 
-def test_local_edit_super_resolves_only_its_box(tmp_path):
-    model = build_tiny_model(tmp_path / "wide", lowres_shape=(4, 16, 16))
+def test_local_edit_samples_only_its_windows(tmp_path):
+    model = build_tiny_model(tmp_path / "wide", lowres_shape=(4, 32, 32))
     loaded = load_model(str(model), device="cpu")
-    shapes = []
+    low_shapes, shapes = [], []
+    loaded.lowres.register_forward_pre_hook(lambda module, args: low_shapes.append(tuple(args[0].shape[2:])))
     loaded.sr.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape[2:])))
     grid = centred_grid((8, 34, 30), (3.0, 2.5, 2.0), LPS)
     ct = chest_ct(grid)
@@ -171,15 +172,17 @@ def test_local_edit_super_resolves_only_its_box(tmp_path):
     write_volume(tmp_path / "mask.nii.gz", mask.astype(np.uint8), grid)
     paths = api.inpaint(tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "out", loaded=loaded,
                         report="Nodule in the left lower lobe.")
-    box = json.loads(paths["provenance"].read_text())["sr_box_zyx"]
-    box_shape = tuple(stop - start for start, stop in box)
+    provenance = json.loads(paths["provenance"].read_text())
+    low_shape, box_shape = (tuple(stop - start for start, stop in provenance[key])
+                            for key in ("lowres_box_zyx", "sr_box_zyx"))
+    assert set(low_shapes) == {low_shape} and np.prod(low_shape) < 0.5 * 4 * 32 * 32
     assert len(shapes) == 3 and set(shapes) == {box_shape}  # 2 SR steps + the final x̂0, all on the box
-    assert np.prod(box_shape) < 0.5 * 8 * 32 * 32 and box_shape[1] % 2 == 0 and box_shape[2] % 2 == 0
+    assert np.prod(box_shape) < 0.5 * 8 * 64 * 64 and box_shape[1] % 2 == 0 and box_shape[2] % 2 == 0
     out = read_volume(paths["ct"])[0]
     assert out[~mask].tobytes() == ct[~mask].tobytes() and (out[mask] != ct[mask]).mean() > 0.9
-    shapes.clear()
-    api.inpaint(tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "whole", loaded=loaded, local_sr=False)
-    assert set(shapes) == {(8, 32, 32)}
+    low_shapes.clear(), shapes.clear()
+    api.inpaint(tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "whole", loaded=loaded, local=False)
+    assert set(low_shapes) == {(4, 32, 32)} and set(shapes) == {(8, 64, 64)}
 
 
 def test_options_reach_the_sampler_and_progress_covers_both_stages(loaded, tmp_path):

@@ -136,6 +136,22 @@ def test_sr_batch_of_two_and_non_square_volume(manifest, fixture_dir):
     torch.testing.assert_close(batched, singles, atol=1e-5, rtol=0)
 
 
+def test_residual_sr_starts_as_nearest_upsampling_and_keeps_official_keys(manifest, fixture_dir):
+    """The demo's residual SR: same state_dict as the official class, identity on x_lr until trained, and the
+    residual is really added (loading official weights into it changes the output by exactly x_lr)."""
+    kwargs = manifest["models"]["sr"]["constructor_kwargs"]
+    config = from_official_kwargs("sr", kwargs)
+    residual = SRConfig.from_dict({**config.to_dict(), "residual": True}).build().eval()
+    plain = _loaded(manifest, fixture_dir, "sr", "sr_state_dict.safetensors")
+    assert residual.state_dict().keys() == plain.state_dict().keys()
+    io = load_file(fixture_dir / "sr_io.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(residual(io["x_t"], io["t"], io["x_lr"]), io["x_lr"], atol=0, rtol=0)
+        load_state_dict_strict(residual, plain.state_dict(), source="sr")
+        torch.testing.assert_close(residual(io["x_t"], io["t"], io["x_lr"]),
+                                   plain(io["x_t"], io["t"], io["x_lr"]) + io["x_lr"], atol=1e-6, rtol=0)
+
+
 def test_config_round_trip_and_validation(manifest):
     config = from_official_kwargs("lowres", manifest["models"]["lowres"]["constructor_kwargs"])
     assert config == LowResConfig.from_dict(json.loads(json.dumps(config.to_dict())))

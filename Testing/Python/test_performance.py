@@ -301,3 +301,21 @@ def test_benchmarks_quick_mode_writes_table(tmp_path):
     measured = [row for row in rows if row["device"] == "cpu" and row["benchmark"].startswith("SR network")]
     assert all(row["seconds"] > 0 for row in measured)
     assert all(row["peak_mib"] > 0 for row in measured if row["peak_mib"] is not None)
+
+
+def test_sampler_agreement_compares_means_against_the_seed_spread(tmp_path):
+    def summary(sampler: str, effusion_mean: float, holds: bool) -> dict:
+        metrics = {"effusion_right_ml": {"mean": effusion_mean, "sd": 100.0, "n": 8, "missing": 0},
+                   "ctr": {"mean": 0.5, "sd": 0.02, "n": 8, "missing": 0}}
+        return {"run": {"sampler": sampler, "steps": 50, "sr_steps": 10, "model": "demo", "guidance": 6.0},
+                "seeds": list(range(8)), "prompts": {"large": {"metrics": metrics}},
+                "comparisons": [{"label": "large > none", "metric": "effusion_right_ml", "holds": holds}]}
+
+    for candidate_mean, expected in ((650.0, "**2 of 2**"), (750.0, "**1 of 2**")):
+        (tmp_path / "ref.json").write_text(json.dumps(summary("ddim", 600.0, True)))
+        (tmp_path / "fast.json").write_text(json.dumps(summary("dpmpp2m", candidate_mean, False)))
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sampler_agreement.py"),
+                               str(tmp_path / "ref.json"), str(tmp_path / "fast.json")],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert expected in done.stdout and "| large > none (effusion_right_ml) | True | False |" in done.stdout

@@ -246,6 +246,18 @@ def test_text_dropout_uses_the_null_embedding_and_unknown_channels_leave_the_los
     batch["loss_mask"] = torch.tensor([[1.0, 1.0, 0.0, 1.0]] * 2)  # airway unknown in both cases
     torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres"),
                                ((prediction - x0) ** 2)[:, [0, 1, 3]].mean())
+    # Channel weights: a weighted mean over the known channels (airway still unknown, so its weight 4 is unused).
+    per_channel = ((prediction - x0) ** 2).mean(dim=(0, 2, 3, 4))
+    torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres", (1.0, 2.0, 4.0, 4.0)),
+                               (per_channel[0] + 2 * per_channel[1] + 4 * per_channel[3]) / 7)
+
+
+@pytest.mark.parametrize("text, message", [("1,1,4", "4 numbers"), ("1,a,1,1", "look like"),
+                                           ("0,0,0,0", "not all 0"), ("1,-1,1,1", "non-negative")])
+def test_channel_weights_are_parsed_and_validated(workspace, tmp_path, text, message):
+    assert _config(workspace, tmp_path / "ok", channel_weights="1,1,4,4").channel_weights == (1.0, 1.0, 4.0, 4.0)
+    with pytest.raises(MedSynError, match=message):
+        _config(workspace, tmp_path / "bad", channel_weights=text)
 
 
 def test_ema_copies_until_start_then_averages():

@@ -61,7 +61,7 @@ def generate_conditioned(report: str, out_dir: PathLike, lobes: Optional[PathLik
 
 def inpaint(input_path: PathLike, mask_path: PathLike, out_dir: PathLike, report: str = "",
             lobes: Optional[PathLike] = None, airway: Optional[PathLike] = None, vessels: Optional[PathLike] = None,
-            segment_map: Optional[str] = None, *, center_lps: Optional[Sequence[float]] = None, local_sr: bool = True,
+            segment_map: Optional[str] = None, *, center_lps: Optional[Sequence[float]] = None, local: bool = True,
             model: Optional[str] = None, loaded: Optional[LoadedModel] = None, seed: int = 0,
             steps: Optional[int] = None, sr_steps: Optional[int] = None, guidance: Optional[float] = None,
             device: str = "auto", low_res_only: bool = False, sampler: str = "ddim", precision: str = "auto",
@@ -76,7 +76,7 @@ def inpaint(input_path: PathLike, mask_path: PathLike, out_dir: PathLike, report
     anatomy = load_anatomy(lobes, airway, vessels, segment_map)
     request = inpaint_request(ct, grid, edit_mask, anatomy, center_lps)
     options = SamplingOptions(report, seed, steps, sr_steps, guidance, low_res_only, sampler, precision, sr_tile,
-                              feather_voxels, resampling, local_sr)
+                              feather_voxels, resampling, local)
     inputs = {"input": Path(input_path), "mask": Path(mask_path), **{r: a.path for r, a in anatomy.items()}}
     loaded = loaded if loaded is not None else load_model(model, device)
     return _sample_and_write(loaded, request, options, inputs, out_dir, callback, cancel, overwrite)

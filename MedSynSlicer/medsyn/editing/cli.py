@@ -45,7 +45,9 @@ def add_editing_commands(sub: argparse._SubParsersAction) -> None:
     add_report_arguments(p, required=False)
     add_anatomy_arguments(p)
     _add_harmonisation(p)
-    p.add_argument("--whole-volume-sr", action="store_true", help="super-resolve the whole volume, not the edit's box")
+    p.add_argument("--whole-volume", action="store_true",
+                   help="sample the whole grid at both stages, not only windows around the edit (slower; also "
+                   "generates the anatomy everywhere)")
     _add_sampling(p)
     p.set_defaults(func=cmd_inpaint)
 
@@ -72,7 +74,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     from . import api
 
     return _run(api.inpaint, args, args.input, args.mask, args.out, report=read_report(args), **anatomy_kwargs(args),
-                local_sr=not args.whole_volume_sr, **_harmonisation_kwargs(args))
+                local=not args.whole_volume, **_harmonisation_kwargs(args))
 
 
 def cmd_outpaint(args: argparse.Namespace) -> int:

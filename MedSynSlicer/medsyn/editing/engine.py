@@ -1,8 +1,8 @@
 """Runs one editing job: place the model's grid, fix the known channels at both stages, sample, map back, composite.
 
 Every editing mode is an ``EditRequest`` (which channels are known where, on the output grid); this is the only code
-that samples for them. Both stages go through ``MedSynPipeline`` with the job's sampler and performance options; the SR
-stage runs on the box ``local_sr`` picks, so that a small edit is super-resolved on its bounding box only.
+that samples for them. Both stages go through ``MedSynPipeline`` with the job's sampler and performance options; a small
+edit is sampled locally, on the windows ``edit_window`` picks at each stage, so its cost follows its size.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from medsyn.progress import CancelToken, ProgressCallback
 from .canonical import canonical_grid
 from .composite import to_output_grid
 from .known import KnownChannel, encode_known, known_regions
-from .local_sr import sr_box
+from .edit_window import lowres_window, sr_box
 from .resample import field_of_view, touched
 
 
@@ -56,7 +56,7 @@ class SamplingOptions:
     sr_tile: Union[str, tuple[int, int, int]] = "auto"
     feather_voxels: int = 0
     resampling: Optional[Resampling] = None
-    local_sr: bool = True
+    local: bool = True  # sample a small edit's windows only (see edit_window); False: the whole grid
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class EditResult:
     grid: Grid
     sampled: DecodedVolume
     canonical_grid: Grid
+    lowres_box: Optional[Box]
     sr_box: Optional[Box]
     settings: dict[str, Any]
 
@@ -91,11 +92,11 @@ def run_edit(loaded: LoadedModel, request: EditRequest, options: SamplingOptions
     known_low, known_full = known_regions(encode_known(request.channels, request.grid, canonical, window), factor,
                                           options.feather_voxels, options.resampling)
     pipeline = MedSynPipeline(loaded, PerformanceOptions(precision=options.precision, sr_tile=options.sr_tile))
+    low_box, box = _local_windows(loaded, request, canonical, factor) if options.local else (None, None)
     low = pipeline.generate(options.report, seed=options.seed, steps=options.steps, guidance=options.guidance,
-                            low_res_only=True, sampler=options.sampler, known_lowres=known_low, callback=callback,
-                            cancel=cancel)
+                            low_res_only=True, sampler=options.sampler, known_lowres=known_low, lowres_box=low_box,
+                            callback=callback, cancel=cancel)
     settings = {**low.settings, "low_res_only": options.low_res_only, "air_voxels_beyond_model": beyond}
-    box = _local_box(loaded, request, canonical, factor) if options.local_sr and not options.low_res_only else None
     if options.low_res_only:
         x = low.lowres_tensor
     else:
@@ -108,15 +109,22 @@ def run_edit(loaded: LoadedModel, request: EditRequest, options: SamplingOptions
         settings["timings"] = {**settings["timings"], "sr_s": time.perf_counter() - start}
     decoded = decode_volume(x[0].float().numpy(), window)
     arrays = to_output_grid(decoded, canonical, request.grid, request.channels, window)
-    return EditResult(arrays, request.grid, decoded, canonical, box, settings)
+    return EditResult(arrays, request.grid, decoded, canonical, low_box, box, settings)
 
 
-def _local_box(loaded: LoadedModel, request: EditRequest, canonical: Grid, factor: int) -> Optional[Box]:
-    """The SR box around the user's edit (grown to every canonical voxel it touches), or None for the whole grid."""
+def _local_windows(loaded: LoadedModel, request: EditRequest, canonical: Grid, factor: int
+                   ) -> tuple[Optional[Box], Optional[Box]]:
+    """(low-res window, SR box) around the user's edit (grown to every canonical voxel it touches); None where the
+    whole grid is sampled: no edit region, a large one, or (SR) a low-res-only job. ``canonical`` is the grid
+    results are sampled on, ``factor`` its ratio to the low-res grid (1 for low-res-only jobs)."""
     if request.edit_region is None:
-        return None
-    levels = len(loaded.card.sr.network["dim_mults"])
-    return sr_box(touched(request.edit_region, request.grid, canonical), canonical, factor, levels)
+        return None, None
+    region = touched(request.edit_region, request.grid, canonical)
+    low_levels = len(loaded.card.lowres.network["dim_mults"])
+    low_box = lowres_window(region, canonical, factor, low_levels)
+    if factor == 1 or low_box is None:
+        return low_box, None
+    return low_box, sr_box(region, canonical, factor, len(loaded.card.sr.network["dim_mults"]))
 
 
 def _beyond_model(request: EditRequest, canonical: Grid) -> int:

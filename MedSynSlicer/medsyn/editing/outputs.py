@@ -18,6 +18,7 @@ from medsyn.io.provenance import build_provenance, write_json_atomic
 from medsyn.io.segmentation import write_seg_nrrd
 from medsyn.io.volumes import write_volume
 from medsyn.models.weights import sha256_file
+from medsyn.pipeline import Box
 
 from .engine import EditRequest, EditResult, SamplingOptions
 
@@ -42,7 +43,8 @@ def edit_provenance(request: EditRequest, result: EditResult, options: SamplingO
         edit_region_ml=None if region is None else round(float(region.sum()) * voxel_ml, 3),
         model_centre_lps=[float(v) for v in request.centre_lps],
         canonical_grid=result.canonical_grid.to_dict(),
-        sr_box_zyx=None if result.sr_box is None else [[s.start, s.stop] for s in result.sr_box],
+        lowres_box_zyx=_box_list(result.lowres_box),
+        sr_box_zyx=_box_list(result.sr_box),
         feather_voxels=options.feather_voxels,
         resampling=None if options.resampling is None else asdict(options.resampling),
     )
@@ -64,3 +66,8 @@ def write_edit_outputs(out_dir: str | Path, result: EditResult, provenance: dict
                                            arrays["vessels"], grid, edit_mask=edit_region,
                                            title=str(provenance.get("prompt", "")))
     return {role: final_dir / path.name for role, path in written.items()}
+
+
+def _box_list(box: Optional[Box]) -> Optional[list[list[int]]]:
+    """A sampled window in provenance form ([start, stop) per z, y, x axis; None for the whole grid)."""
+    return None if box is None else [[s.start, s.stop] for s in box]

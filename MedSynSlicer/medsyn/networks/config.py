@@ -64,6 +64,7 @@ class SRConfig(_NetworkConfig):
     resnet_groups: int = 8
     init_kernel_size: int = 7
     up_order: str = "eval"
+    residual: bool = False  # demo-model option (see SRUNet3D); official weights are plain x0 predictors
 
     def build(self) -> SRUNet3D:
         return SRUNet3D(**asdict(self))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps", "batch_size", "grad_accum", "lr",
                  "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
-                 "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache")
+                 "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache", "channel_weights", "lr_noise_max")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -65,6 +65,10 @@ def add_training_commands(sub) -> None:
     p.add_argument("--ema-start", type=int, default=None, help="EMA copies the online weights before this step")
     p.add_argument("--text-dropout", type=float, default=None, help="share of samples trained unconditionally")
     p.add_argument("--data-cache", default=None, help="prepared-data folder to reuse (default: <out>/data)")
+    p.add_argument("--lr-noise-max", type=float, default=None,
+                   help="SR: largest low-res noise augmentation a (default 0.4, official); 0 turns it off")
+    p.add_argument("--channel-weights", default=None,
+                   help="loss weights of CT,lobes,airway,vessels (default 1,1,1,1; e.g. 1,1,4,4 for thin trees)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export-model", help="turn training runs into a model folder with a card")

@@ -36,6 +36,9 @@ class TrainConfig:
     ema_every: Optional[int] = None  # None: every step (low-res) / every 10 steps (SR)
     ema_start: int = 10_000  # EMA is a copy of the online weights before this step
     text_dropout: float = 0.1  # low-res: share of samples trained with the learned null text embedding
+    channel_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # loss weight of CT, lobes, airway,
+    # vessels: thin airway/vessel trees are ~1 % of a small grid's voxels, and with equal weights a small model learns
+    # to leave their channels empty; raising theirs (e.g. 1,1,4,4) trades a little CT loss for visible trees
     crop: Optional[tuple[int, int]] = None  # SR in-plane crop (H, W); None: official 72×72 scaled to the grid
     lr_noise_max: float = 0.4  # SR: x_lr ← (1−a)·x_lr + a·N(0,1), a ~ U(0, lr_noise_max)
     resample: str = "spacing"  # "spacing" (card spacing + centred pad/crop) or "resize" (whole volume to the grid)
@@ -60,6 +63,8 @@ class TrainConfig:
                 values[key] = Path(values[key])
         if isinstance(values.get("crop"), str):
             values["crop"] = parse_crop(values["crop"])
+        if isinstance(values.get("channel_weights"), str):
+            values["channel_weights"] = parse_channel_weights(values["channel_weights"])
         config = cls(**values)
         config.validate()
         return config
@@ -76,6 +81,8 @@ class TrainConfig:
             raise MedSynError("lr and grad_clip must be positive")
         if not 0.0 <= self.text_dropout <= 1.0 or not 0.0 <= self.lr_noise_max <= 1.0:
             raise MedSynError("text_dropout and lr_noise_max must lie in [0, 1]")
+        if len(self.channel_weights) != 4 or min(self.channel_weights) < 0 or max(self.channel_weights) <= 0:
+            raise MedSynError(f"channel_weights {self.channel_weights} must be 4 non-negative numbers, not all 0")
         if self.precision not in PRECISIONS:
             raise MedSynError(f"unknown precision {self.precision!r}; use one of {PRECISIONS}")
         if self.resample not in RESAMPLE_MODES:
@@ -97,6 +104,17 @@ def parse_crop(text: str) -> tuple[int, int]:
     except ValueError:
         raise MedSynError(f"crop {text!r} must look like HxW, e.g. 72x72") from None
     return height, width
+
+
+def parse_channel_weights(text: str) -> tuple[float, float, float, float]:
+    """"1,1,4,4" → (1.0, 1.0, 4.0, 4.0)."""
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise MedSynError(f"channel weights {text!r} must look like 1,1,4,4 (CT, lobes, airway, vessels)") from None
+    if len(weights) != 4:
+        raise MedSynError(f"channel weights {text!r} must have 4 numbers (CT, lobes, airway, vessels)")
+    return weights
 
 
 @dataclass(frozen=True)

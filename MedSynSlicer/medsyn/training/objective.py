@@ -1,7 +1,7 @@
 """MedSyn's training objective: x0-prediction MSE on the continuous cosine schedule (reference §3)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -9,16 +9,20 @@ from torch import nn
 from ..diffusion.schedule import NUM_TIMESTEPS, q_sample
 
 
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the known channels only; ``loss_mask`` is (B, C) with 1 = known. Equals plain MSE
-    when every channel is known."""
-    weights = loss_mask.to(prediction.dtype)[:, :, None, None, None]
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
+               channel_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Channel-weighted mean squared error over the known channels only; ``loss_mask`` is (B, C) with 1 = known.
+    Equals plain MSE when every channel is known and the weights are equal."""
+    weights = loss_mask.to(prediction.dtype)
+    if channel_weights is not None:
+        weights = weights * torch.as_tensor(channel_weights, dtype=prediction.dtype, device=prediction.device)
+    weights = weights[:, :, None, None, None]
     squared = (prediction - target) ** 2 * weights
     return squared.sum() / (weights.sum() * prediction[0, 0].numel())
 
 
-def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict[str, torch.Tensor], stage: str
-            ) -> torch.Tensor:
+def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict[str, torch.Tensor], stage: str,
+            channel_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
     """Noise x0 to time t ~ U(0, 1), predict x0 from it (time fed as t·1000, as the training scripts do).
 
     Low-res: samples flagged ``drop_text`` see the learned null embedding instead of their report, which is what
@@ -33,4 +37,4 @@ def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict
         prediction = model(x_t, time, cond)
     else:
         prediction = model(x_t, time, batch["x_lr"])
-    return masked_mse(prediction.float(), x0, batch["loss_mask"])
+    return masked_mse(prediction.float(), x0, batch["loss_mask"], channel_weights)

@@ -195,7 +195,7 @@ class _Run:
             last = micro == config.grad_accum - 1
             with nullcontext() if last or not context.active else model.no_sync():
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    loss = x0_loss(model, null_cond_emb, batch, config.stage)
+                    loss = x0_loss(model, null_cond_emb, batch, config.stage, config.channel_weights)
                 parts.scaler.scale(loss / config.grad_accum).backward()
             total += loss.detach() / config.grad_accum
             cases.append(batch["case"])

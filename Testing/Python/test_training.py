@@ -202,7 +202,7 @@ def test_phantom_dataset_prepares_unchanged_on_its_own_grid(tmp_path):
     data = PreparedDataset(prepare_dataset(manifest, grid, HU_WINDOW, tmp_path / "prepared", show_progress=False))
     volumes = {name: read_volume(path)[0] for name, path in [("ct", rows[1].ct), *rows[1].masks.items()]}
     expected = encode_volume(volumes["ct"], volumes["lobes"], volumes["airway"], volumes["vessels"], HU_WINDOW)
-    image = data.image_crop(1, 0, 0, 16, 16)
+    image = data.image_crop(1, (0, 0, 0), (16, 16, 16))
     np.testing.assert_allclose(image.numpy(), expected, atol=1e-3)  # float16 storage
     assert torch.equal(data.lowres(1), image[:, ::2, ::2, ::2]) and torch.equal(data.loss_mask(1), torch.ones(4))
 
@@ -211,7 +211,7 @@ def test_samples_are_deterministic_crops_with_official_lowres(workspace):
     folder = prepare_dataset(workspace["manifest"], GRID, HU_WINDOW, workspace["root"] / "prepared_samples",
                              show_progress=False)
     data = PreparedDataset(folder)
-    clean = TrainingSamples(data, "sr", seed=5, crop_hw=(8, 8), lr_noise_max=0.0)
+    clean = TrainingSamples(data, "sr", seed=5, crop=(8, 8), lr_noise_max=0.0)
     sample = clean[11]
     assert sample["x0"].shape == (4, 16, 8, 8)
     # x_lr without noise is the nearest up-sampling of every 2nd voxel, on the global low-res grid (aligned crop).
@@ -220,7 +220,13 @@ def test_samples_are_deterministic_crops_with_official_lowres(workspace):
     lowres = data.lowres(int(sample["case"]))
     assert any(torch.equal(sample["x0"][:, ::2, ::2, ::2], lowres[:, :, y:y + 4, x:x + 4])
                for y in range(5) for x in range(5))
-    noisy = TrainingSamples(data, "sr", seed=5, crop_hw=(8, 8))
+    slab = TrainingSamples(data, "sr", seed=5, crop=(4, 16, 16), lr_noise_max=0.0)[3]  # whole axial planes
+    assert slab["x0"].shape == (4, 4, 16, 16)
+    assert any(torch.equal(slab["x0"][:, ::2, ::2, ::2], data.lowres(int(slab["case"]))[:, z:z + 2])
+               for z in range(7))
+    with pytest.raises(MedSynError, match="depth 3 must be a multiple"):
+        TrainingSamples(data, "sr", seed=5, crop=(3, 16, 16))
+    noisy = TrainingSamples(data, "sr", seed=5, crop=(8, 8))
     assert torch.equal(noisy[11]["x0"], sample["x0"]) and not torch.equal(noisy[11]["x_lr"], sample["x_lr"])
     assert all(torch.equal(noisy[11][key], noisy[11][key]) for key in ("x_lr", "noise", "t"))
     # One epoch of positions visits every case once; two ranks' positions never overlap.

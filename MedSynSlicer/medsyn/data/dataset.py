@@ -42,10 +42,12 @@ class PreparedDataset:
         """(4, d, h, w) low-res volume (every sr_factor-th voxel of the SR image)."""
         return self._read(index, "lowres").float()
 
-    def image_crop(self, index: int, y0: int, x0: int, height: int, width: int) -> torch.Tensor:
-        """(4, D, height, width) full-depth in-plane crop of the SR image; only the crop's bytes are read."""
+    def image_crop(self, index: int, start_zyx: tuple[int, int, int], size_zyx: tuple[int, int, int]
+                   ) -> torch.Tensor:
+        """(4, *size_zyx) crop of the SR image starting at ``start_zyx``; only the crop's bytes are read."""
+        (z0, y0, x0), (depth, height, width) = start_zyx, size_zyx
         with safe_open(str(self.folder / self._cases[index]["file"]), framework="pt") as handle:
-            return handle.get_slice("image")[:, :, y0:y0 + height, x0:x0 + width].float()
+            return handle.get_slice("image")[:, z0:z0 + depth, y0:y0 + height, x0:x0 + width].float()
 
     def text_features(self, index: int) -> torch.Tensor:
         """(192, H) frozen-encoder features of the case's report."""

@@ -39,7 +39,8 @@ class TrainConfig:
     channel_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # loss weight of CT, lobes, airway,
     # vessels: thin airway/vessel trees are ~1 % of a small grid's voxels, and with equal weights a small model learns
     # to leave their channels empty; raising theirs (e.g. 1,1,4,4) trades a little CT loss for visible trees
-    crop: Optional[tuple[int, int]] = None  # SR in-plane crop (H, W); None: official 72×72 scaled to the grid
+    crop: Optional[tuple[int, ...]] = None  # SR crop (H, W) full depth or (D, H, W); None: official 72×72 scaled
+    # to the grid. Whole axial planes (D, H, W = the grid's) give GroupNorm the statistics of a whole-volume run
     lr_noise_max: float = 0.4  # SR: x_lr ← (1−a)·x_lr + a·N(0,1), a ~ U(0, lr_noise_max)
     resample: str = "spacing"  # "spacing" (card spacing + centred pad/crop) or "resize" (whole volume to the grid)
     seed: int = 0
@@ -52,7 +53,7 @@ class TrainConfig:
 
     @classmethod
     def from_cli_args(cls, **kwargs: Any) -> "TrainConfig":
-        """Build from CLI values: None means "use the default", ``crop`` may be "HxW", paths may be strings."""
+        """Build from CLI values: None means "use the default", ``crop`` may be "HxW" or "DxHxW", paths may be strings."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
@@ -97,13 +98,15 @@ class TrainConfig:
         return {key: str(value) if isinstance(value, Path) else value for key, value in asdict(self).items()}
 
 
-def parse_crop(text: str) -> tuple[int, int]:
-    """"72x72" → (72, 72)."""
+def parse_crop(text: str) -> tuple[int, ...]:
+    """"72x72" → (72, 72) (in-plane, full depth); "16x128x128" → (16, 128, 128) (depth × height × width)."""
     try:
-        height, width = (int(part) for part in text.lower().split("x"))
+        sizes = tuple(int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise MedSynError(f"crop {text!r} must look like HxW, e.g. 72x72") from None
-    return height, width
+        sizes = ()
+    if len(sizes) not in (2, 3):
+        raise MedSynError(f"crop {text!r} must look like HxW or DxHxW, e.g. 72x72 or 16x128x128")
+    return sizes
 
 
 def parse_channel_weights(text: str) -> tuple[float, float, float, float]:

@@ -77,16 +77,18 @@ class TrainingSamples(torch.utils.data.Dataset):
     """Map-style dataset indexed by position; yields x0, the diffusion time and noise, and the stage's condition."""
 
     def __init__(self, data: PreparedDataset, stage: str, seed: int, text_dropout: float = 0.1,
-                 crop_hw: Optional[tuple[int, int]] = None, lr_noise_max: float = 0.4) -> None:
+                 crop: Optional[tuple[int, ...]] = None, lr_noise_max: float = 0.4) -> None:
         self.data, self.stage, self.seed = data, stage, seed
         self.order = DataOrder(len(data), seed)
         self.text_dropout, self.lr_noise_max = text_dropout, lr_noise_max
         self.factor = data.grid.sr_factor
-        self.crop_hw = crop_hw or default_crop(data.grid.shape_zyx, self.factor)
+        shape_zyx = list(data.grid.shape_zyx)
+        crop = crop or default_crop(shape_zyx, self.factor)
+        self.crop_zyx = tuple(crop) if len(crop) == 3 else (shape_zyx[0], *crop)  # (H, W): full depth
         if stage == "lowres" and not data.has_text:
             raise MedSynError("the low-res stage needs text features; pass a text encoder folder")
         if stage == "sr":
-            _check_crop(self.crop_hw, data.grid.shape_zyx, self.factor)
+            _check_crop(self.crop_zyx, shape_zyx, self.factor)
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         generator = seeded_generator(self.seed, SAMPLE_STREAM, position)
@@ -105,15 +107,18 @@ class TrainingSamples(torch.utils.data.Dataset):
         return sample
 
     def _random_crop(self, index: int, generator: torch.Generator) -> torch.Tensor:
-        """Full-depth in-plane crop at a multiple of the SR factor, so its every f-th voxel lies on the low-res grid.
+        """Crop at multiples of the SR factor, so its every f-th voxel lies on the low-res grid (full depth, in-plane
+        windows by default as in the official code; a depth slab of whole axial planes when asked for).
 
         No random flips: left and right lungs differ (two vs three lobes), and a flip would teach impossible anatomy.
         """
-        _, height, width = self.data.grid.shape_zyx
-        crop_h, crop_w = self.crop_hw
-        y0 = self.factor * int(torch.randint((height - crop_h) // self.factor + 1, (), generator=generator))
-        x0 = self.factor * int(torch.randint((width - crop_w) // self.factor + 1, (), generator=generator))
-        return self.data.image_crop(index, y0, x0, crop_h, crop_w)
+        (depth, height, width), (crop_d, crop_h, crop_w) = self.data.grid.shape_zyx, self.crop_zyx
+        z0 = self._offset(depth, crop_d, generator) if crop_d < depth else 0  # no draw: full-depth runs as before
+        start = (z0, self._offset(height, crop_h, generator), self._offset(width, crop_w, generator))
+        return self.data.image_crop(index, start, self.crop_zyx)
+
+    def _offset(self, length: int, size: int, generator: torch.Generator) -> int:
+        return self.factor * int(torch.randint((length - size) // self.factor + 1, (), generator=generator))
 
     def _degraded_lowres(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Official "gaussian_aug": nearest down/up by f, then x_lr ← (1−a)·x_lr + a·N(0,1) with a ~ U(0, max)."""
@@ -122,8 +127,8 @@ class TrainingSamples(torch.utils.data.Dataset):
         return (1 - alpha) * x_lr + alpha * torch.randn(x_lr.shape, generator=generator)
 
 
-def _check_crop(crop_hw: tuple[int, int], shape_zyx: list[int], factor: int) -> None:
-    for size, limit, axis in zip(crop_hw, shape_zyx[1:], ("height", "width")):
+def _check_crop(crop_zyx: tuple[int, int, int], shape_zyx: list[int], factor: int) -> None:
+    for size, limit, axis in zip(crop_zyx, shape_zyx, ("depth", "height", "width")):
         if size < factor or size > limit or size % factor:
             raise MedSynError(f"crop {axis} {size} must be a multiple of the SR factor {factor} between {factor} "
                               f"and the grid's {limit}; pass e.g. --crop {limit}x{limit}")

@@ -14,24 +14,13 @@ mkdir -p "$WORK"
 # 2. Data: 320 procedural 128³ chest phantoms with ground-truth masks and reports.
 medsyn phantom --n 320 --seed 1000 --size 128 --out "$WORK/phantoms"
 
-# 3. Low-res stage (32³ × 4 channels, text cross-attention) and SR stage (32³ → 128³), in parallel.
-#    Low-res: 1800 steps with equal channel weights, then resumed to 3600 with the airway and vessel channels weighted
-#    4× (with equal weights the small model left those thin-tree channels empty).
-#    SR: residual on the nearest-upsampled low-res input (scripts/demo_sr_config.json "residual": true), so even this
-#    4-channel-wide network keeps the findings of its input, without the official low-res noise augmentation (a
-#    residual network turns its unknown shrink factor into a bias). 1000 steps on 128×24×24 crops, then 400 on slabs
-#    of whole axial planes (8×128×128): GroupNorm and the bottleneck attention then see the statistics of a
-#    whole-volume run (the in-plane crops alone left soft tissue ~50 HU too dark at inference).
-LOWRES=(--stage lowres --data "$WORK/phantoms/manifest.jsonl" --out "$WORK/run_low"
-  --model-config "$REPO/scripts/demo_lowres_config.json" --text-encoder "$TEXT" --batch-size 4 --lr 6e-4
-  --checkpoint-every 100 --seed 0 --device cpu --ema-decay 0.995 --ema-every 1 --ema-start 600)
-SR=(--stage sr --data "$WORK/phantoms/manifest.jsonl" --out "$WORK/run_sr"
-  --model-config "$REPO/scripts/demo_sr_config.json" --batch-size 4 --lr 1e-3 --lr-noise-max 0
-  --checkpoint-every 50 --seed 0 --device cpu --ema-decay 0.98 --ema-every 1 --ema-start 200 --channel-weights 1,1,4,4)
-(OMP_NUM_THREADS=1 medsyn train "${LOWRES[@]}" --steps 1800 &&
- OMP_NUM_THREADS=1 medsyn train "${LOWRES[@]}" --steps 3600 --resume --channel-weights 1,1,4,4) &
-(OMP_NUM_THREADS=1 medsyn train "${SR[@]}" --steps 1000 --crop 24x24 &&
- OMP_NUM_THREADS=1 medsyn train "${SR[@]}" --steps 1400 --crop 8x128x128 --resume) &
+# 3. Low-res stage (32³ × 4 channels, text cross-attention) and SR stage (32³ → 128³, in-plane crops).
+OMP_NUM_THREADS=1 medsyn train --stage lowres --data "$WORK/phantoms/manifest.jsonl" --out "$WORK/run_low" \
+  --model-config "$REPO/scripts/demo_lowres_config.json" --text-encoder "$TEXT" --steps "${LOWRES_STEPS:-1800}" \
+  --batch-size 4 --lr 6e-4 --checkpoint-every 100 --seed 0 --device cpu --ema-decay 0.995 --ema-every 1 --ema-start 600 &
+OMP_NUM_THREADS=1 medsyn train --stage sr --data "$WORK/phantoms/manifest.jsonl" --out "$WORK/run_sr" \
+  --model-config "$REPO/scripts/demo_sr_config.json" --steps "${SR_STEPS:-900}" --batch-size 4 --lr 1e-3 --crop 24x24 \
+  --checkpoint-every 50 --seed 0 --device cpu --ema-decay 0.98 --ema-every 1 --ema-start 200 &
 wait
 
 # 4. Model folder with a card (EMA weights, sha256, default steps).

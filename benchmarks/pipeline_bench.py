@@ -45,7 +45,7 @@ def sampler_rows(loaded: LoadedModel, label: str) -> list[Row]:
         rows.append(Row(f"sampler, {label}", "wall time of MedSynPipeline.generate (model loaded)", "cpu", "fp32",
                         f"{sampler} {steps}+{sr_steps}", _model_shape(loaded), seconds[sampler]))
     rows[-1].result = (f"{seconds['dpmpp2m'] / seconds['ddim']:.2f}× the DDIM time; metric agreement: "
-                       "Resources/Evaluation/demo_results/SAMPLERS.md (benchmarks/sampler_agreement.py)")
+                       "benchmarks/SAMPLERS.md (benchmarks/sampler_agreement.py)")
     return rows
 
 

@@ -69,7 +69,8 @@ def inpaint(input_path: PathLike, mask_path: PathLike, out_dir: PathLike, report
             callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
             overwrite: bool = False) -> dict[str, Path]:
     """Regenerate the CT inside the mask from ``report`` (none: the unconditional model); every voxel outside it
-    comes back byte-identical."""
+    comes back byte-identical. ``local`` samples only windows around a small mask at both stages (see
+    ``edit_window``); anatomy not given is then generated inside the low-res window only."""
     check_output_dir(out_dir, overwrite)
     ct, grid = load_input_ct(input_path)
     edit_mask = load_edit_mask(mask_path, grid)

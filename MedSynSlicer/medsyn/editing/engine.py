@@ -114,17 +114,15 @@ def run_edit(loaded: LoadedModel, request: EditRequest, options: SamplingOptions
 
 def _local_windows(loaded: LoadedModel, request: EditRequest, canonical: Grid, factor: int
                    ) -> tuple[Optional[Box], Optional[Box]]:
-    """(low-res window, SR box) around the user's edit (grown to every canonical voxel it touches); None where the
-    whole grid is sampled: no edit region, a large one, or (SR) a low-res-only job. ``canonical`` is the grid
-    results are sampled on, ``factor`` its ratio to the low-res grid (1 for low-res-only jobs)."""
+    """(low-res window, SR box) around the user's edit (grown to every canonical voxel it touches); each is None
+    where that stage samples the whole grid: no edit region, an edit too large for it, or (SR) a low-res-only job.
+    ``canonical`` is the grid results are sampled on, ``factor`` its ratio to the low-res grid (1: low-res only)."""
     if request.edit_region is None:
         return None, None
     region = touched(request.edit_region, request.grid, canonical)
-    low_levels = len(loaded.card.lowres.network["dim_mults"])
-    low_box = lowres_window(region, canonical, factor, low_levels)
-    if factor == 1 or low_box is None:
-        return low_box, None
-    return low_box, sr_box(region, canonical, factor, len(loaded.card.sr.network["dim_mults"]))
+    low_box = lowres_window(region, canonical, factor, len(loaded.card.lowres.network["dim_mults"]))
+    box = sr_box(region, canonical, factor, len(loaded.card.sr.network["dim_mults"])) if factor > 1 else None
+    return low_box, box
 
 
 def _beyond_model(request: EditRequest, canonical: Grid) -> int:

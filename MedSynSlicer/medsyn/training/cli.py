@@ -55,8 +55,9 @@ def add_training_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", default=None, help="continue from the latest checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--crop", default=None, help="SR crop: HxW in-plane at full depth (default: official 72x72 scaled to the grid) or DxHxW, e.g. "
-                        "16x128x128 for slabs of whole axial planes")
+    p.add_argument("--crop", default=None,
+                   help="SR crop: HxW in-plane at full depth (default: official 72x72 scaled to the grid) or DxHxW, "
+                        "e.g. 8x128x128 for slabs of whole axial planes")
     p.add_argument("--device", default=None)
     p.add_argument("--resample", default=None, choices=["spacing", "resize"])
     p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])

@@ -53,7 +53,8 @@ class TrainConfig:
 
     @classmethod
     def from_cli_args(cls, **kwargs: Any) -> "TrainConfig":
-        """Build from CLI values: None means "use the default", ``crop`` may be "HxW" or "DxHxW", paths may be strings."""
+        """Build from CLI values: None means "use the default", ``crop`` may be "HxW" or "DxHxW" and
+        ``channel_weights`` "1,1,4,4", paths may be strings."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:

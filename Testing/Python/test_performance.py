@@ -17,7 +17,7 @@ import torch
 from medsyn import api
 from medsyn.batch import read_prompts
 from medsyn.diffusion.ddim import ddim_sample
-from medsyn.diffusion.dpm_solver import dpmpp2m_sample
+from medsyn.diffusion.dpm_solver import dpmpp2m_sample, dpmpp2m_step
 from medsyn.diffusion.guidance import LowResDenoiser, SRDenoiser
 from medsyn.diffusion.known_region import KnownRegion, Resampling
 from medsyn.diffusion.precision import with_precision
@@ -142,6 +142,23 @@ def test_cpu_preset_runs_whole_volume_first_and_checks_choices():
         choose_preset(PerformanceOptions(sr_tile=(64, 60, 60)), cpu, (64, 128, 128), 8, 1, 1)
     with pytest.raises(MedSynError, match="fp16 needs a CUDA GPU"):
         choose_preset(PerformanceOptions(precision="fp16"), cpu, (64, 128, 128), 8, 1, 1)
+
+
+def test_dpm_solver_takes_the_step_onto_t0_first_order():
+    """The last update lands where ᾱ is clamped; a second-order extrapolation there amplified noise (%LAA-950 +2-3
+    points on the demo model), so that one step must be plain first order while the earlier ones stay 2M."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def denoiser(x, time):  # a different, known x̂0 at every grid time
+        seen[int(time[0])] = x.clone()
+        return torch.full_like(x, float(time[0]) / 2000.0)
+
+    dpmpp2m_sample(denoiser, torch.randn(1, 1, 2, 2, 2, generator=torch.Generator().manual_seed(0)), 10)
+    x0_at = {t: torch.full_like(seen[t], t / 2000.0) for t in seen}
+    assert torch.allclose(seen[100], dpmpp2m_step(seen[200], x0_at[200], x0_at[300], 200, 100, 300))
+    first_order = dpmpp2m_step(seen[100], x0_at[100], None, 100, 0, None)
+    second_order = dpmpp2m_step(seen[100], x0_at[100], x0_at[200], 100, 0, 200)
+    assert torch.allclose(seen[0], first_order) and not torch.allclose(seen[0], second_order, atol=1e-3)
 
 
 @torch.inference_mode()

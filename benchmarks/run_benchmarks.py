@@ -35,7 +35,8 @@ NOTES = [
     "±20 %; ratios within one row come from the same run.",
     "Random weights: tiled vs whole agreement here is a worst case. The SR's GroupNorm statistics and bottleneck "
     "attention see only the tile, and a random network has no reason to be smooth; a trained SR is dominated by its "
-    "low-res input and was itself trained on 256×72×72 crops.",
+    "low-res input and was itself trained on 256×72×72 crops. The 'SR sampling, demo model' rows measure the same "
+    "comparison with trained weights (the bundled demo SR, whole DDIM run from one low-res volume and noise).",
     "Rows on device 'meta' or an H100 are projections (counted FLOPs and bytes, per-op roofline at the stated "
     "fractions of peak), not measurements. No GPU was available for this run.",
     "Presets ('official pipeline, N GB preset'): what medsyn.presets.choose_preset picks on a CUDA GPU with N GB "

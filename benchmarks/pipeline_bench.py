@@ -13,11 +13,11 @@ import SimpleITK as sitk
 import torch
 
 from medsyn import api
-from medsyn.models.loaded import LoadedModel
-from measure import measure
 from medsyn.codec import decode_volume
+from medsyn.models.loaded import LoadedModel
 from medsyn.pipeline import MedSynPipeline, model_grids, seed_noise
 from medsyn.presets import PerformanceOptions
+from measure import measure
 from rows import Row, shape_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +132,7 @@ def tiled_sr_rows(loaded: LoadedModel) -> list[Row]:
     rows[1].result = (f"{peak}vs whole: rel L2 {relative:.3f}, mean abs ΔHU {np.abs(hu[1] - hu[0]).mean():.1f}, "
                       f"voxels off by > 100 HU {np.mean(np.abs(hu[1] - hu[0]) > 100) * 100:.1f} %")
     return rows
+
 
 def tiny_rows(tiny_folder: Path) -> list[Row]:
     """On one thread: for a network this small, a second thread only adds waiting at every parallel region (badly so

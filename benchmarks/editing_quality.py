@@ -77,7 +77,8 @@ def anatomy_fixing(loaded: LoadedModel, cases, seeds, options: SamplingOptions) 
                    for role in ("lobes", "airway", "vessels")}
         request = conditioned_request(anatomy, model_grid)
         given = {role: channel.values for role, channel in request.channels.items()}
-        known_low, _ = known_regions(encode_known(request.channels, request.grid, request.grid, window), factor)
+        known_low, _ = known_regions(encode_known(request.channels, request.grid, request.grid, window), factor,
+                                     lowres_ct=loaded.card.grid.lowres_ct)
         # The phantom's own CT over the same masks: partial volume keeps even the truth below 1 for thin bronchi.
         rows["lung_below_-500_truth"].append(float(np.mean(phantom.ct[given["lobes"] > 0] < -500)))
         rows["airway_below_-700_truth"].append(float(np.mean(phantom.ct[given["airway"] > 0] < -700)))

@@ -96,17 +96,20 @@ class Grid:
         """Same placement, another number of voxels (e.g. a crop anchored at voxel 0)."""
         return replace(self, shape_zyx=tuple(shape_zyx))
 
-    def downsampled(self, factor: int) -> "Grid":
-        """Grid of every ``factor``-th voxel, as the official low-res data ``x[::factor]`` were taken.
-
-        Voxel 0 stays where it is, so the origin is unchanged and only spacing and shape scale.
+    def downsampled(self, factor: int, block_centres: bool = False) -> "Grid":
+        """Grid of every ``factor``-th voxel, as the official low-res data ``x[::factor]`` were taken, or with
+        ``block_centres`` the grid of factor³-block means, whose voxel 0 sits at full-res index (factor − 1) / 2.
         """
         if factor < 1 or any(n % factor for n in self.shape_zyx):
             raise MedSynError(f"grid shape {self.shape_zyx} is not divisible by the down-sampling factor {factor}")
+        origin = self.origin_lps
+        if block_centres:
+            origin = tuple(self.index_to_lps_affine()[:3, :3] @ np.full(3, (factor - 1) / 2.0) + origin)
         return replace(
             self,
             shape_zyx=tuple(n // factor for n in self.shape_zyx),
             spacing_xyz=tuple(s * factor for s in self.spacing_xyz),
+            origin_lps=origin,
         )
 
     @classmethod

@@ -48,7 +48,7 @@ class GenerationResult:
 def model_grids(loaded: LoadedModel) -> tuple[Grid, Grid]:
     """(SR grid, low-res grid) from the model card."""
     grid = loaded.card.grid.to_grid()
-    return grid, grid.downsampled(loaded.card.grid.sr_factor)
+    return grid, loaded.card.grid.to_lowres_grid()
 
 
 class MedSynPipeline:

@@ -142,6 +142,21 @@ def test_fixing_is_exact_in_the_sampler_at_both_stages(loaded, tmp_path):
         assert np.array_equal(sampled, given)
 
 
+def test_block_mean_models_get_block_mean_ct_as_low_res_known_values():
+    """A model trained on block-mean low-res CT must be conditioned on block means too; labels stay subsampled."""
+    rng = np.random.default_rng(1)
+    values = rng.uniform(-1, 1, size=(4, 8, 8, 8)).astype(np.float32)
+    known = np.ones(values.shape, dtype=bool)
+    known[0, :2, :2, :2] = False  # one CT block not wholly known
+    low, _ = known_regions(KnownVolume(values, known), 2, lowres_ct="block_mean")
+    blocks = values[0].reshape(4, 2, 4, 2, 4, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(low.values[0, 0].numpy(), blocks, rtol=0, atol=1e-6)
+    assert np.array_equal(low.values[0, 1:].numpy(), values[1:, ::2, ::2, ::2])
+    assert not low.mask[0, 0, 0, 0, 0] and low.mask[0, 0, 1, 1, 1]
+    subsampled, _ = known_regions(KnownVolume(values, known), 2)
+    assert np.array_equal(subsampled.values[0, 0].numpy(), values[0, ::2, ::2, ::2])
+
+
 def test_whole_volume_super_resolution_matches_the_pipeline(loaded):
     """Same noise and known region as MedSynPipeline's own SR stage, so a box edit differs from it only by its box."""
     grid, _ = model_grid_for(loaded, low_res_only=False)

@@ -98,6 +98,14 @@ def test_downsampled_grid_holds_every_fourth_voxel():
         Grid((8, 10, 16), (1, 1, 1), (0, 0, 0), LAS).downsampled(4)
 
 
+def test_block_centre_grid_sits_at_the_mean_position_of_each_block():
+    grid = Grid((8, 12, 16), (0.7, 0.9, 1.1), (5.0, 6.0, -7.0), PERMUTED)
+    low = grid.downsampled(4, block_centres=True)
+    assert low.spacing_xyz == grid.downsampled(4).spacing_xyz
+    blocks = _world_lps(grid).reshape(2, 4, 3, 4, 4, 4, 3).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(_world_lps(low), blocks, atol=1e-9)
+
+
 def test_centered_grid_has_its_field_of_view_centre_at_origin():
     grid = Grid.centered((4, 6, 9), (0.5, 1.5, 3.0), PERMUTED)
     world = _world_lps(grid)

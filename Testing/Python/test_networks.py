@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medsyn.diffusion.schedule import alpha_cumprod
 from medsyn.errors import MedSynError
 from medsyn.models.weights import load_state_dict_strict, normalize_official_state_dict
 from medsyn.networks.config import (OFFICIAL_LOWRES, OFFICIAL_SR, LowResConfig, SRConfig, count_parameters,
@@ -150,6 +151,28 @@ def test_residual_sr_starts_as_nearest_upsampling_and_keeps_official_keys(manife
         load_state_dict_strict(residual, plain.state_dict(), source="sr")
         torch.testing.assert_close(residual(io["x_t"], io["t"], io["x_lr"]),
                                    plain(io["x_t"], io["t"], io["x_lr"]) + io["x_lr"], atol=1e-6, rtol=0)
+
+
+def test_v_parameterized_lowres_keeps_official_keys_and_returns_x0_from_v(manifest, fixture_dir):
+    """The demo's v-parameterized low-res network: official state_dict, and with official weights its output is
+    √ᾱ·x_t − √(1−ᾱ)·(official output), so at t = 0 it returns nearly x_t itself."""
+    kwargs = manifest["models"]["lowres"]["constructor_kwargs"]
+    config = from_official_kwargs("lowres", kwargs)
+    plain = _loaded(manifest, fixture_dir, "lowres", "lowres_state_dict.safetensors")
+    v_net = LowResConfig.from_dict({**config.to_dict(), "parameterization": "v"}).build().eval()
+    load_state_dict_strict(v_net, plain.state_dict(), source="lowres")
+    io = load_file(fixture_dir / "lowres_io.safetensors")
+    alpha = alpha_cumprod(io["t"] / 1000).view(-1, 1, 1, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(v_net(io["x"], io["t"], io["cond"]),
+                                   alpha.sqrt() * io["x"] - (1 - alpha).sqrt() * plain(io["x"], io["t"], io["cond"]))
+        zero = torch.zeros_like(io["t"])
+        head = plain(io["x"], zero, io["cond"])
+        at_zero = v_net(io["x"], zero, io["cond"])
+    # ᾱ(0) ≈ 1 − 1.6e-4 (the cosine schedule's offset): the head's output enters at a weight of 0.0125 only
+    assert (at_zero - io["x"]).abs().max() <= 0.013 * head.abs().max()
+    with pytest.raises(MedSynError, match="unknown parameterization"):
+        LowResConfig.from_dict({**config.to_dict(), "parameterization": "eps"}).build()
 
 
 def test_config_round_trip_and_validation(manifest):

@@ -20,8 +20,8 @@ from medsyn.codec import encode_volume
 from medsyn.data.dataset import PreparedDataset
 from medsyn.data.manifest import read_manifest
 from medsyn.data.prepare import prepare_dataset
-from medsyn.data.transforms import load_case
-from medsyn.diffusion.schedule import q_sample
+from medsyn.data.transforms import load_case, lowres_of
+from medsyn.diffusion.schedule import alpha_cumprod, q_sample
 from medsyn.errors import MedSynError
 from medsyn.geometry import Grid
 from medsyn.io.volumes import read_volume, write_volume
@@ -36,7 +36,7 @@ from medsyn.training.config import TrainConfig
 from medsyn.training.ema import EMA
 from medsyn.training.export import export_model
 from medsyn.training.loss_log import read_loss_log
-from medsyn.training.objective import x0_loss
+from medsyn.training.objective import min_snr_weights, x0_loss
 from medsyn.training.samples import BatchLayout, TrainingSamples
 from medsyn.training.trainer import autocast_dtype, train
 from tiny_model import build_tiny_text_encoder
@@ -236,6 +236,25 @@ def test_samples_are_deterministic_crops_with_official_lowres(workspace):
     assert not rank0 & rank1 and rank0 | rank1 == set(range(24))
 
 
+
+def test_block_mean_lowres_averages_the_ct_and_keeps_labels_subsampled(workspace):
+    """A card with grid.lowres_ct = "block_mean" prepares (and conditions SR training on) block-averaged CT."""
+    grid = GridCard(**{**asdict(GRID), "lowres_ct": "block_mean"})
+    assert grid.to_lowres_grid() == grid.to_grid().downsampled(2, block_centres=True) != GRID.to_lowres_grid()
+    data = PreparedDataset(prepare_dataset(workspace["manifest"], grid, HU_WINDOW, workspace["root"] / "prepared_mean",
+                                           show_progress=False))
+    image = data.image_crop(0, (0, 0, 0), (16, 16, 16))
+    lowres = data.lowres(0)
+    blocks = image[0].reshape(8, 2, 8, 2, 8, 2).mean(dim=(1, 3, 5))
+    torch.testing.assert_close(lowres[0], blocks, atol=2e-3, rtol=0)  # float16 storage
+    assert not torch.equal(lowres[0], image[0, ::2, ::2, ::2])  # the lung edge is partial-volumed, not aliased
+    assert torch.equal(lowres[1:], image[1:, ::2, ::2, ::2])
+    sample = TrainingSamples(data, "sr", seed=5, crop=(8, 8), lr_noise_max=0.0)[11]
+    ct_blocks = sample["x0"][0].reshape(8, 2, 4, 2, 4, 2).mean(dim=(1, 3, 5))
+    torch.testing.assert_close(sample["x_lr"][0, ::2, ::2, ::2], ct_blocks)
+    with pytest.raises(MedSynError, match="unknown low-res CT reduction"):
+        lowres_of(image, 2, "median")
+
 # --- objective and EMA ------------------------------------------------------------------------------------------------
 
 def test_text_dropout_uses_the_null_embedding_and_unknown_channels_leave_the_loss():
@@ -256,6 +275,15 @@ def test_text_dropout_uses_the_null_embedding_and_unknown_channels_leave_the_los
     per_channel = ((prediction - x0) ** 2).mean(dim=(0, 2, 3, 4))
     torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres", (1.0, 2.0, 4.0, 4.0)),
                                (per_channel[0] + 2 * per_channel[1] + 4 * per_channel[3]) / 7)
+    # Min-SNR: each sample scaled by min(SNR, γ)/γ, without renormalising (t = 0.7 is noise-dominated: SNR < 1).
+    batch["loss_mask"] = torch.ones(2, 4)
+    alpha = alpha_cumprod(t)
+    weights = (alpha / (1 - alpha)).clamp(max=5.0) / 5.0
+    assert weights[1] < weights[0] <= 1.0
+    per_sample = ((prediction - x0) ** 2).mean(dim=(1, 2, 3, 4))
+    torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres", None, 5.0),
+                               (weights * per_sample).mean())
+    torch.testing.assert_close(min_snr_weights(torch.tensor([0.0, 1.0]), 5.0), torch.tensor([1.0, 1e-4 / 0.9999 / 5]))
 
 
 @pytest.mark.parametrize("text, message", [("1,1,4", "4 numbers"), ("1,a,1,1", "look like"),
@@ -264,6 +292,12 @@ def test_channel_weights_are_parsed_and_validated(workspace, tmp_path, text, mes
     assert _config(workspace, tmp_path / "ok", channel_weights="1,1,4,4").channel_weights == (1.0, 1.0, 4.0, 4.0)
     with pytest.raises(MedSynError, match=message):
         _config(workspace, tmp_path / "bad", channel_weights=text)
+
+
+def test_min_snr_gamma_must_be_positive(workspace, tmp_path):
+    assert _config(workspace, tmp_path / "ok", min_snr_gamma=5.0).min_snr_gamma == 5.0
+    with pytest.raises(MedSynError, match="min_snr_gamma must be positive"):
+        _config(workspace, tmp_path / "bad", min_snr_gamma=0.0)
 
 
 def test_ema_copies_until_start_then_averages():
@@ -317,6 +351,11 @@ def test_resume_continues_bit_exactly(workspace, uninterrupted_sr, tmp_path):
     assert first.checkpoint.name == "step_3"
     with pytest.raises(MedSynError, match="pass --resume"):
         train(_config(workspace, tmp_path / "run"))
+    # A checkpoint written before the grid had a lowres_ct field resumes as the default ("subsample").
+    state_file = first.checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["grid"].pop("lowres_ct") == "subsample"
+    state_file.write_text(json.dumps(state))
     resumed = train(_config(workspace, tmp_path / "run", resume=True))
     assert _losses(resumed.run_dir) == _losses(uninterrupted_sr)
     _assert_same_weights(resumed.checkpoint, uninterrupted_sr / "checkpoints" / "step_6")

@@ -29,9 +29,19 @@ def axis_codes(grid: GridCard) -> str:
     return "".join(nibabel.orientations.aff2axcodes(grid.to_grid().to_ras_affine()))
 
 
-def lowres_of(volume: torch.Tensor, factor: int) -> torch.Tensor:
-    """Every ``factor``-th voxel of the last three axes, exactly how the official low-res data were made."""
-    return volume[..., ::factor, ::factor, ::factor]
+def lowres_of(volume: torch.Tensor, factor: int, ct: str = "subsample") -> torch.Tensor:
+    """Low-res of a (..., 4, D, H, W) model-space volume: every ``factor``-th voxel, exactly how the official low-res
+    data were made; with ``ct="block_mean"`` (a model card's ``grid.lowres_ct``) channel 0 is the factor³-block mean."""
+    low = volume[..., ::factor, ::factor, ::factor]
+    if ct == "subsample":
+        return low
+    if ct != "block_mean":
+        raise MedSynError(f"unknown low-res CT reduction {ct!r}; use 'subsample' or 'block_mean'")
+    *lead, _, depth, height, width = volume.shape
+    blocks = volume[..., 0, :, :, :].float().reshape(*lead, depth // factor, factor, height // factor, factor,
+                                                     width // factor, factor)
+    mean = blocks.mean(dim=(-5, -3, -1)).to(volume.dtype)
+    return torch.cat([mean.unsqueeze(-4), low[..., 1:, :, :, :]], dim=-4)
 
 
 def load_case(row: ManifestRow, grid: GridCard, hu_window: Sequence[float], resample: str = "spacing"

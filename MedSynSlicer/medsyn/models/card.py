@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 CARD_FILE = "model_card.json"
 FORMAT_VERSION = 1
 CHANNELS = ("ct", "lobes", "airway", "vessels")
+LOWRES_CT_REDUCTIONS = ("subsample", "block_mean")
 LOBE_LABELS = {"LUL": 1, "LLL": 2, "RUL": 3, "RML": 4, "RLL": 5}
 
 
@@ -36,23 +37,33 @@ class StageCard:
 
 @dataclass
 class GridCard:
-    """Canonical output geometry: the SR grid (LPS, ITK conventions); low-res is every ``sr_factor``-th voxel."""
+    """Canonical output geometry: the SR grid (LPS, ITK conventions) and how the low-res grid derives from it.
+
+    ``lowres_ct`` says how the network's low-res CT was made from full resolution: ``"subsample"`` (every
+    ``sr_factor``-th voxel, the official data) or ``"block_mean"`` (the mean of each sr_factor³ block, free of the
+    aliasing that makes a small network's samples speckled). Label channels are always subsampled: labels don't average.
+    """
 
     lowres_shape_zyx: list[int]
     sr_factor: int
     spacing_xyz: list[float]
     direction_lps: list[float]
     origin_lps: list[float]
+    lowres_ct: str = "subsample"
 
     @property
     def shape_zyx(self) -> list[int]:
         return [n * self.sr_factor for n in self.lowres_shape_zyx]
 
     def to_grid(self) -> "Grid":
-        """The SR-resolution grid as a :class:`~medsyn.geometry.Grid` (low-res: ``.downsampled(sr_factor)``)."""
+        """The SR-resolution grid as a :class:`~medsyn.geometry.Grid` (low-res: :meth:`to_lowres_grid`)."""
         from ..geometry import Grid
 
         return Grid(tuple(self.shape_zyx), tuple(self.spacing_xyz), tuple(self.origin_lps), tuple(self.direction_lps))
+
+    def to_lowres_grid(self) -> "Grid":
+        """The low-res grid: every sr_factor-th voxel, or the block centres when the low-res CT is a block mean."""
+        return self.to_grid().downsampled(self.sr_factor, block_centres=self.lowres_ct == "block_mean")
 
 
 @dataclass
@@ -113,6 +124,8 @@ class ModelCard:
             problems.append("grid.sr_factor and grid.spacing_xyz must be positive")
         if len(grid.direction_lps) != 9 or len(grid.origin_lps) != 3:
             problems.append("grid.direction_lps needs 9 numbers and grid.origin_lps 3")
+        if grid.lowres_ct not in LOWRES_CT_REDUCTIONS:
+            problems.append(f"grid.lowres_ct must be one of {list(LOWRES_CT_REDUCTIONS)}")
         for stage_name, stage in (("lowres", self.lowres), ("sr", self.sr)):
             if stage is None:
                 continue

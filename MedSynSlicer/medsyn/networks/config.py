@@ -48,6 +48,7 @@ class LowResConfig(_NetworkConfig):
     resnet_groups: int = 8
     init_kernel_size: int = 7
     up_order: str = "eval"
+    parameterization: str = "x0"  # demo-model option "v" (see LowResUNet3D); official weights predict x0
 
     def build(self) -> LowResUNet3D:
         return LowResUNet3D(**asdict(self))

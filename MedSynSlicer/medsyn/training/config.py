@@ -39,6 +39,9 @@ class TrainConfig:
     channel_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # loss weight of CT, lobes, airway,
     # vessels: thin airway/vessel trees are ~1 % of a small grid's voxels, and with equal weights a small model learns
     # to leave their channels empty; raising theirs (e.g. 1,1,4,4) trades a little CT loss for visible trees
+    min_snr_gamma: Optional[float] = None  # None: the official uniform x0 MSE over t. γ weights each sample by
+    # min(SNR(t), γ)/γ (Min-SNR, Hang et al. 2023): high-noise steps count less, so a small model spends its capacity
+    # on the low-noise steps that decide the final intensities
     crop: Optional[tuple[int, ...]] = None  # SR crop (H, W) full depth or (D, H, W); None: official 72×72 scaled
     # to the grid. Whole axial planes (D, H, W = the grid's) give GroupNorm the statistics of a whole-volume run
     lr_noise_max: float = 0.4  # SR: x_lr ← (1−a)·x_lr + a·N(0,1), a ~ U(0, lr_noise_max)
@@ -85,6 +88,8 @@ class TrainConfig:
             raise MedSynError("text_dropout and lr_noise_max must lie in [0, 1]")
         if len(self.channel_weights) != 4 or min(self.channel_weights) < 0 or max(self.channel_weights) <= 0:
             raise MedSynError(f"channel_weights {self.channel_weights} must be 4 non-negative numbers, not all 0")
+        if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
+            raise MedSynError(f"min_snr_gamma must be positive (e.g. 5), got {self.min_snr_gamma}")
         if self.precision not in PRECISIONS:
             raise MedSynError(f"unknown precision {self.precision!r}; use one of {PRECISIONS}")
         if self.resample not in RESAMPLE_MODES:

@@ -6,23 +6,34 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..diffusion.schedule import NUM_TIMESTEPS, q_sample
+from ..diffusion.schedule import NUM_TIMESTEPS, alpha_cumprod, q_sample
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
-               channel_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+               channel_weights: Optional[Sequence[float]] = None,
+               sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Channel-weighted mean squared error over the known channels only; ``loss_mask`` is (B, C) with 1 = known.
-    Equals plain MSE when every channel is known and the weights are equal."""
+    Equals plain MSE when every channel is known and the weights are equal. ``sample_weights`` (B,) scale each
+    sample's share without renormalising, so a batch of down-weighted samples gives a smaller loss."""
     weights = loss_mask.to(prediction.dtype)
     if channel_weights is not None:
         weights = weights * torch.as_tensor(channel_weights, dtype=prediction.dtype, device=prediction.device)
-    weights = weights[:, :, None, None, None]
-    squared = (prediction - target) ** 2 * weights
-    return squared.sum() / (weights.sum() * prediction[0, 0].numel())
+    total = weights.sum() * prediction[0, 0].numel()
+    if sample_weights is not None:
+        weights = weights * sample_weights.to(weights)[:, None]
+    squared = (prediction - target) ** 2 * weights[:, :, None, None, None]
+    return squared.sum() / total
+
+
+def min_snr_weights(t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR(t), γ)/γ with SNR = ᾱ/(1 − ᾱ): 1 at low noise, SNR/γ where noise dominates (Min-SNR for x0 targets)."""
+    alpha = alpha_cumprod(t)
+    return (alpha / (1 - alpha)).clamp(max=gamma) / gamma
 
 
 def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict[str, torch.Tensor], stage: str,
-            channel_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+            channel_weights: Optional[Sequence[float]] = None, min_snr_gamma: Optional[float] = None
+            ) -> torch.Tensor:
     """Noise x0 to time t ~ U(0, 1), predict x0 from it (time fed as t·1000, as the training scripts do).
 
     Low-res: samples flagged ``drop_text`` see the learned null embedding instead of their report, which is what
@@ -37,4 +48,5 @@ def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict
         prediction = model(x_t, time, cond)
     else:
         prediction = model(x_t, time, batch["x_lr"])
-    return masked_mse(prediction.float(), x0, batch["loss_mask"], channel_weights)
+    sample_weights = min_snr_weights(t, min_snr_gamma) if min_snr_gamma is not None else None
+    return masked_mse(prediction.float(), x0, batch["loss_mask"], channel_weights, sample_weights)

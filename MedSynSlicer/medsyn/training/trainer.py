@@ -19,6 +19,7 @@ from ..data.dataset import PreparedDataset
 from ..data.prepare import prepare_dataset
 from ..diffusion.precision import resolve_precision
 from ..errors import MedSynError
+from ..models.card import GridCard
 from ..progress import ProgressCallback, report
 from .checkpoint import checkpoint_folder, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import StageSpec, TrainConfig, read_stage_spec
@@ -173,7 +174,10 @@ class _Run:
         """A resumed run must train the same thing the same way, or its steps would not continue the old ones."""
         expected = self._identity()
         for key, value in expected.items():
-            if state.get(key) != value:
+            found = state.get(key)
+            if key == "grid" and isinstance(found, dict):
+                found = asdict(GridCard(**found))  # a run saved before a grid field existed has its default
+            if found != value:
                 raise MedSynError(f"cannot resume from {folder}: its {key} {state.get(key)} differs from this run's "
                                   f"{value}; use the original settings or a new --out folder")
 
@@ -195,7 +199,8 @@ class _Run:
             last = micro == config.grad_accum - 1
             with nullcontext() if last or not context.active else model.no_sync():
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    loss = x0_loss(model, null_cond_emb, batch, config.stage, config.channel_weights)
+                    loss = x0_loss(model, null_cond_emb, batch, config.stage, config.channel_weights,
+                                   config.min_snr_gamma)
                 parts.scaler.scale(loss / config.grad_accum).backward()
             total += loss.detach() / config.grad_accum
             cases.append(batch["case"])

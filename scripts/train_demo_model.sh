@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The complete recipe of the bundled demo model `medsyn-demo-phantom` (phantom-trained, CPU-friendly sizes).
-# Every step is a medsyn command; the numbers in Resources/Models/medsyn-demo-phantom/TRAINING.md were measured with it
+# Every step is a medsyn command; the numbers in docs/demo-model.md were measured with it
 # on a 2-core CPU. With a GPU add --device cuda to the train commands (and raise --steps / --batch-size).
 set -euo pipefail
 WORK=${1:-demo_train}

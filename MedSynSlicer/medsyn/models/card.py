@@ -40,8 +40,9 @@ class GridCard:
     """Canonical output geometry: the SR grid (LPS, ITK conventions) and how the low-res grid derives from it.
 
     ``lowres_ct`` says how the network's low-res CT was made from full resolution: ``"subsample"`` (every
-    ``sr_factor``-th voxel, the official data) or ``"block_mean"`` (the mean of each sr_factor³ block, free of the
-    aliasing that makes a small network's samples speckled). Label channels are always subsampled: labels don't average.
+    ``sr_factor``-th voxel, the official data) or ``"block_mean"`` (the mean of each sr_factor³ block, free of
+    subsampling's aliasing; a training option, see docs/training-data.md). Label channels are always subsampled:
+    labels don't average.
     """
 
     lowres_shape_zyx: list[int]

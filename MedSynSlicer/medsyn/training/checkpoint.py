@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..io.outputs import AtomicOutputDir
 from ..errors import MedSynError
+from ..models.card import GridCard
 from ..models.weights import load_state_dict_strict, read_weight_file
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -89,9 +91,14 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def read_trainer_state(folder: Path) -> dict[str, Any]:
+    """The checkpoint's trainer state; its grid is filled up to the current GridCard fields (their defaults), so a run
+    saved before a grid field existed resumes and exports like one saved now."""
     try:
-        return json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        state = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))
+        if isinstance(state.get("grid"), dict):
+            state["grid"] = asdict(GridCard(**state["grid"]))
+        return state
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
         raise MedSynError(f"{folder} is not a complete training checkpoint ({exc}); pick another step_<N> folder") \
             from exc
 

@@ -19,7 +19,6 @@ from ..data.dataset import PreparedDataset
 from ..data.prepare import prepare_dataset
 from ..diffusion.precision import resolve_precision
 from ..errors import MedSynError
-from ..models.card import GridCard
 from ..progress import ProgressCallback, report
 from .checkpoint import checkpoint_folder, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import StageSpec, TrainConfig, read_stage_spec
@@ -174,10 +173,7 @@ class _Run:
         """A resumed run must train the same thing the same way, or its steps would not continue the old ones."""
         expected = self._identity()
         for key, value in expected.items():
-            found = state.get(key)
-            if key == "grid" and isinstance(found, dict):
-                found = asdict(GridCard(**found))  # a run saved before a grid field existed has its default
-            if found != value:
+            if state.get(key) != value:
                 raise MedSynError(f"cannot resume from {folder}: its {key} {state.get(key)} differs from this run's "
                                   f"{value}; use the original settings or a new --out folder")
 

@@ -286,6 +286,36 @@ def test_text_dropout_uses_the_null_embedding_and_unknown_channels_leave_the_los
     torch.testing.assert_close(min_snr_weights(torch.tensor([0.0, 1.0]), 5.0), torch.tensor([1.0, 1e-4 / 0.9999 / 5]))
 
 
+def test_structure_weights_scale_the_ct_error_inside_the_target_airway_and_vessels():
+    torch.manual_seed(0)
+    net = LowResConfig.from_dict(NETWORKS["lowres"]).build()
+    x0, noise, cond = torch.rand(1, 4, 8, 8, 8) * 2 - 1, torch.randn(1, 4, 8, 8, 8), torch.randn(1, 192, 8)
+    x0[:, 2:] = -1.0
+    x0[:, 2, 2:4, 2:4, 2:4] = 1.0  # airway lumen
+    x0[:, 3, 5:7, 5:7, 5:7] = 1.0  # vessel
+    x0[:, 3, 3, 3, 3] = 1.0  # a voxel in both: the larger weight applies
+    t = torch.tensor([0.2])
+    batch = {"x0": x0, "noise": noise, "t": t, "cond": cond, "loss_mask": torch.ones(1, 4),
+             "drop_text": torch.tensor([False])}
+    squared = (net(q_sample(x0, t, noise), t * 1000, cond) - x0) ** 2
+    voxel = torch.ones(1, 1, 8, 8, 8)
+    voxel[:, :, 5:7, 5:7, 5:7] = 3.0
+    voxel[:, :, 2:4, 2:4, 2:4] = 10.0
+    expected = ((squared[:, :1] * voxel).sum() + squared[:, 1:].sum()) / squared.numel()
+    torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres", structure_weights=(10.0, 3.0)),
+                               expected)
+    torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres", structure_weights=(1.0, 1.0)),
+                               squared.mean())
+
+
+@pytest.mark.parametrize("text, message", [("10", "2 numbers"), ("0,1", "2 positive numbers"),
+                                           ("ten,1", "look like")])
+def test_structure_ct_weights_are_parsed_and_validated(workspace, tmp_path, text, message):
+    assert _config(workspace, tmp_path / "ok", structure_ct_weights="10,1").structure_ct_weights == (10.0, 1.0)
+    with pytest.raises(MedSynError, match=message):
+        _config(workspace, tmp_path / "bad", structure_ct_weights=text)
+
+
 @pytest.mark.parametrize("text, message", [("1,1,4", "4 numbers"), ("1,a,1,1", "look like"),
                                            ("0,0,0,0", "not all 0"), ("1,-1,1,1", "non-negative")])
 def test_channel_weights_are_parsed_and_validated(workspace, tmp_path, text, message):
@@ -351,10 +381,12 @@ def test_resume_continues_bit_exactly(workspace, uninterrupted_sr, tmp_path):
     assert first.checkpoint.name == "step_3"
     with pytest.raises(MedSynError, match="pass --resume"):
         train(_config(workspace, tmp_path / "run"))
-    # A checkpoint written before the grid had a lowres_ct field resumes as the default ("subsample").
+    # A checkpoint written before the grid had a lowres_ct field, and the SR network a residual field, resumes with
+    # their defaults ("subsample", plain x0).
     state_file = first.checkpoint / "trainer_state.json"
     state = json.loads(state_file.read_text())
     assert state["grid"].pop("lowres_ct") == "subsample"
+    assert state["network"].pop("residual") is False
     state_file.write_text(json.dumps(state))
     resumed = train(_config(workspace, tmp_path / "run", resume=True))
     assert _losses(resumed.run_dir) == _losses(uninterrupted_sr)

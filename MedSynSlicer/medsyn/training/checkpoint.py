@@ -21,6 +21,7 @@ from ..io.outputs import AtomicOutputDir
 from ..errors import MedSynError
 from ..models.card import GridCard
 from ..models.weights import load_state_dict_strict, read_weight_file
+from ..networks.config import LowResConfig, SRConfig
 
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "optimizer.pt", \
@@ -90,13 +91,19 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     return max(found)[1] if found else None
 
 
+_NETWORKS = {"lowres": LowResConfig, "sr": SRConfig}
+
+
 def read_trainer_state(folder: Path) -> dict[str, Any]:
-    """The checkpoint's trainer state; its grid is filled up to the current GridCard fields (their defaults), so a run
-    saved before a grid field existed resumes and exports like one saved now."""
+    """The checkpoint's trainer state; its grid and network are filled up to the current GridCard and network config
+    fields (their defaults), so a run saved before such a field existed resumes and exports like one saved now."""
     try:
         state = json.loads((Path(folder) / STATE_FILE).read_text(encoding="utf-8"))
         if isinstance(state.get("grid"), dict):
             state["grid"] = asdict(GridCard(**state["grid"]))
+        network = _NETWORKS.get(state.get("stage"))
+        if network is not None and isinstance(state.get("network"), dict):
+            state["network"] = network.from_dict(state["network"]).to_dict()
         return state
     except (OSError, json.JSONDecodeError, TypeError) as exc:
         raise MedSynError(f"{folder} is not a complete training checkpoint ({exc}); pick another step_<N> folder") \

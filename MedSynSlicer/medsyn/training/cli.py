@@ -8,7 +8,7 @@ from pathlib import Path
 TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps", "batch_size", "grad_accum", "lr",
                  "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
                  "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache", "channel_weights", "lr_noise_max",
-                 "min_snr_gamma")
+                 "min_snr_gamma", "structure_ct_weights")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -72,6 +72,9 @@ def add_training_commands(sub) -> None:
                    help="SR: largest low-res noise augmentation a (default 0.4, official); 0 turns it off")
     p.add_argument("--channel-weights", default=None,
                    help="loss weights of CT,lobes,airway,vessels (default 1,1,1,1; e.g. 1,1,4,4 for thin trees)")
+    p.add_argument("--structure-ct-weights", default=None,
+                   help="CT loss weights inside the airway,vessels channels (default 1,1; e.g. 10,1 so the SR stage "
+                        "carves the airway lumen where the channel is)")
     p.add_argument("--min-snr-gamma", type=float, default=None,
                    help="weight samples by min(SNR, gamma)/gamma (e.g. 5); default: the official uniform x0 MSE")
     p.set_defaults(func=cmd_train)

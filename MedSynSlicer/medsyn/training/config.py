@@ -39,6 +39,10 @@ class TrainConfig:
     channel_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)  # loss weight of CT, lobes, airway,
     # vessels: thin airway/vessel trees are ~1 % of a small grid's voxels, and with equal weights a small model learns
     # to leave their channels empty; raising theirs (e.g. 1,1,4,4) trades a little CT loss for visible trees
+    structure_ct_weights: tuple[float, float] = (1.0, 1.0)  # CT loss weight inside the target's airway, vessels:
+    # their lumens and blood are a fraction of a percent of the CT's voxels, so a small SR network learns to copy the
+    # blurred low-res CT there and ignore the channels it is given; raising the airway's (e.g. 10,1) teaches it to
+    # carve the lumen wherever the airway channel says (what anatomy-conditioned editing relies on)
     min_snr_gamma: Optional[float] = None  # None: the official uniform x0 MSE over t. γ weights each sample by
     # min(SNR(t), γ)/γ (Min-SNR, Hang et al. 2023): high-noise steps count less, so a small model spends its capacity
     # on the low-noise steps that decide the final intensities
@@ -57,7 +61,7 @@ class TrainConfig:
     @classmethod
     def from_cli_args(cls, **kwargs: Any) -> "TrainConfig":
         """Build from CLI values: None means "use the default", ``crop`` may be "HxW" or "DxHxW" and
-        ``channel_weights`` "1,1,4,4", paths may be strings."""
+        ``channel_weights`` "1,1,4,4", ``structure_ct_weights`` "10,1", paths may be strings."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
@@ -68,8 +72,9 @@ class TrainConfig:
                 values[key] = Path(values[key])
         if isinstance(values.get("crop"), str):
             values["crop"] = parse_crop(values["crop"])
-        if isinstance(values.get("channel_weights"), str):
-            values["channel_weights"] = parse_channel_weights(values["channel_weights"])
+        for key, names in WEIGHT_NAMES.items():
+            if isinstance(values.get(key), str):
+                values[key] = parse_weights(values[key], names)
         config = cls(**values)
         config.validate()
         return config
@@ -88,6 +93,9 @@ class TrainConfig:
             raise MedSynError("text_dropout and lr_noise_max must lie in [0, 1]")
         if len(self.channel_weights) != 4 or min(self.channel_weights) < 0 or max(self.channel_weights) <= 0:
             raise MedSynError(f"channel_weights {self.channel_weights} must be 4 non-negative numbers, not all 0")
+        if len(self.structure_ct_weights) != 2 or min(self.structure_ct_weights) <= 0:
+            raise MedSynError(f"structure_ct_weights {self.structure_ct_weights} must be 2 positive numbers "
+                              "(airway, vessels)")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise MedSynError(f"min_snr_gamma must be positive (e.g. 5), got {self.min_snr_gamma}")
         if self.precision not in PRECISIONS:
@@ -115,14 +123,18 @@ def parse_crop(text: str) -> tuple[int, ...]:
     return sizes
 
 
-def parse_channel_weights(text: str) -> tuple[float, float, float, float]:
-    """"1,1,4,4" → (1.0, 1.0, 4.0, 4.0)."""
+WEIGHT_NAMES = {"channel_weights": ("CT", "lobes", "airway", "vessels"), "structure_ct_weights": ("airway", "vessels")}
+
+
+def parse_weights(text: str, names: tuple[str, ...]) -> tuple[float, ...]:
+    """"1,1,4,4" → (1.0, 1.0, 4.0, 4.0): one number per name, comma-separated."""
+    example = ",".join(["1"] * len(names))
     try:
         weights = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise MedSynError(f"channel weights {text!r} must look like 1,1,4,4 (CT, lobes, airway, vessels)") from None
-    if len(weights) != 4:
-        raise MedSynError(f"channel weights {text!r} must have 4 numbers (CT, lobes, airway, vessels)")
+        raise MedSynError(f"weights {text!r} must look like {example} ({', '.join(names)})") from None
+    if len(weights) != len(names):
+        raise MedSynError(f"weights {text!r} must have {len(names)} numbers ({', '.join(names)})")
     return weights
 
 

@@ -11,10 +11,12 @@ from ..diffusion.schedule import NUM_TIMESTEPS, alpha_cumprod, q_sample
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
                channel_weights: Optional[Sequence[float]] = None,
-               sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+               sample_weights: Optional[torch.Tensor] = None,
+               ct_voxel_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Channel-weighted mean squared error over the known channels only; ``loss_mask`` is (B, C) with 1 = known.
-    Equals plain MSE when every channel is known and the weights are equal. ``sample_weights`` (B,) scale each
-    sample's share without renormalising, so a batch of down-weighted samples gives a smaller loss."""
+    Equals plain MSE when every channel is known and the weights are equal. ``sample_weights`` (B,) and
+    ``ct_voxel_weights`` (B, 1, D, H, W; the CT channel's voxels) scale their share without renormalising, so
+    up-weighted voxels add to the loss rather than shrink everyone else's."""
     weights = loss_mask.to(prediction.dtype)
     if channel_weights is not None:
         weights = weights * torch.as_tensor(channel_weights, dtype=prediction.dtype, device=prediction.device)
@@ -22,7 +24,21 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.
     if sample_weights is not None:
         weights = weights * sample_weights.to(weights)[:, None]
     squared = (prediction - target) ** 2 * weights[:, :, None, None, None]
+    if ct_voxel_weights is not None:
+        squared = torch.cat([squared[:, :1] * ct_voxel_weights.to(squared), squared[:, 1:]], dim=1)
     return squared.sum() / total
+
+
+def structure_ct_weights(x0: torch.Tensor, weights: Sequence[float]) -> Optional[torch.Tensor]:
+    """(B, 1, D, H, W) CT loss weights: ``weights`` = (airway, vessels) where the target's channel is foreground
+    (the larger where both are), 1 elsewhere; None when both are 1 (the official loss)."""
+    if all(weight == 1.0 for weight in weights):
+        return None
+    voxel = torch.ones_like(x0[:, :1])
+    for channel, weight in zip((2, 3), weights):
+        inside = x0[:, channel:channel + 1] > 0
+        voxel = torch.where(inside, torch.maximum(voxel, torch.full_like(voxel, weight)), voxel)
+    return voxel
 
 
 def min_snr_weights(t: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -32,8 +48,8 @@ def min_snr_weights(t: torch.Tensor, gamma: float) -> torch.Tensor:
 
 
 def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict[str, torch.Tensor], stage: str,
-            channel_weights: Optional[Sequence[float]] = None, min_snr_gamma: Optional[float] = None
-            ) -> torch.Tensor:
+            channel_weights: Optional[Sequence[float]] = None, min_snr_gamma: Optional[float] = None,
+            structure_weights: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
     """Noise x0 to time t ~ U(0, 1), predict x0 from it (time fed as t·1000, as the training scripts do).
 
     Low-res: samples flagged ``drop_text`` see the learned null embedding instead of their report, which is what
@@ -49,4 +65,5 @@ def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict
     else:
         prediction = model(x_t, time, batch["x_lr"])
     sample_weights = min_snr_weights(t, min_snr_gamma) if min_snr_gamma is not None else None
-    return masked_mse(prediction.float(), x0, batch["loss_mask"], channel_weights, sample_weights)
+    return masked_mse(prediction.float(), x0, batch["loss_mask"], channel_weights, sample_weights,
+                      structure_ct_weights(x0, structure_weights))

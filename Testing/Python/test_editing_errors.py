@@ -73,6 +73,8 @@ def _bad_input(case: str, folder) -> list:
         return ["outpaint", "--input", folder / "nan.nrrd", "--margin-mm", "4,4,4"]
     if case == "bad_segment_map":
         return ["inpaint", "--input", ct, "--mask", mask, "--lobes", mask, "--segment-map", "foo=lobe:XYZ"]
+    if case == "negative_seam_blend":
+        return ["outpaint", "--input", ct, "--margin-mm", "4,4,4", "--seam-blend", "-2"]
     if case == "mask_outside_model_fov":
         write_volume(bad, ball(GRID, (27.0, 0.0, 0.0), 4.0).astype(np.uint8), GRID)
         return ["inpaint", "--input", ct, "--mask", bad, "--center-lps=-20,0,0"]
@@ -81,7 +83,7 @@ def _bad_input(case: str, folder) -> list:
 
 @pytest.mark.parametrize("case", ["empty_mask", "full_mask", "mask_grid_mismatch", "non_binary_mask",
                                   "unknown_segment", "lobe_label_7", "input_2d", "input_4d", "nan_voxels",
-                                  "bad_segment_map", "mask_outside_model_fov"])
+                                  "bad_segment_map", "mask_outside_model_fov", "negative_seam_blend"])
 def test_bad_input_gives_one_line_and_writes_nothing(case, inputs, tiny_model, medsyn_main, capsys):
     out = inputs / "out"
     code = medsyn_main(*_bad_input(case, inputs), "--model", tiny_model, "--device", "cpu", "--out", out)
@@ -93,7 +95,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(case, inputs, tiny_model, m
 def test_editing_commands_run_from_the_cli(inputs, tiny_model, medsyn_main, capsys):
     out = inputs / "out"
     assert medsyn_main("inpaint", "--input", inputs / "ct.nii.gz", "--mask", inputs / "mask.nii.gz", "--report",
-                       "Small left pleural effusion.", "--feather", "1", "--repaint", "2,2", "--model", tiny_model,
+                       "Small left pleural effusion.", "--feather", "1", "--repaint", "2,2", "--seam-blend", "5", "--model", tiny_model,
                        "--device", "cpu", "--out", out) == 0
     assert f"ct: {out / 'ct.nii.gz'}" in capsys.readouterr().out
     assert medsyn_main("outpaint", "--input", inputs / "ct.nii.gz", "--canvas", inputs / "ct.nii.gz", "--model",

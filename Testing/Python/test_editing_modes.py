@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from editing_volumes import LPS, RAS, ball, centred_grid, chest_ct, oblique
 from medsyn.codec import decode_volume
@@ -73,6 +74,26 @@ def test_outpaint_keeps_the_input_and_fills_the_canvas(loaded, tmp_path):
     margin[1:7, 2:14, 2:14] = False
     assert np.unique(out[margin]).size > 20  # generated, not a constant fill
     _assert_on_grid(paths, canvas)
+
+
+def test_outpaint_blends_the_border_step_on_the_generated_side_only(loaded, tmp_path):
+    grid = centred_grid((6, 12, 12), (3.0, 2.5, 2.0), RAS)
+    ct = chest_ct(grid)
+    write_volume(tmp_path / "ct.nii.gz", ct, grid)
+    outputs = {blend: read_volume(api.outpaint(tmp_path / "ct.nii.gz", tmp_path / f"out{blend}", margin_mm=(0, 0, 8.0),
+                                               loaded=loaded, seed=3, seam_blend_mm=blend)["ct"])[0].astype(float)
+               for blend in (0.0, 6.0)}
+    plain, blended = outputs[0.0], outputs[6.0]
+    assert blended[4:10].tobytes() == plain[4:10].tobytes() == ct.astype(float).tobytes()  # the input, untouched
+    assert np.array_equal(blended[[0, -1]], plain[[0, -1]])  # 4 slices (8 mm) from the border: beyond the fade
+    assert not np.array_equal(blended[[3, -4]], plain[[3, -4]])
+    # The tiny random model's voxels are noise; what the blend removes is the step of the slices' local means.
+    means = {name: ndimage.uniform_filter(out, (1, 5, 5)) for name, out in outputs.items()}
+    step = {name: np.abs(mean[3] - mean[4]).mean() + np.abs(mean[-4] - mean[-5]).mean()
+            for name, mean in means.items()}
+    assert step[6.0] < 0.5 * step[0.0]
+    provenance = json.loads((tmp_path / "out6.0" / "provenance.json").read_text())
+    assert provenance["seam_blend_mm"] == 6.0
 
 
 def test_outpaint_canvas_wider_than_the_model_gets_air_beyond_it(loaded, tmp_path):

@@ -26,6 +26,7 @@ from .engine import EditRequest, SamplingOptions, model_grid_for, run_edit
 from .masks import load_anatomy, load_edit_mask
 from .modes import conditioned_request, inpaint_request, outpaint_request, segment_request
 from .outputs import edit_provenance, write_edit_outputs
+from .seam import OUTPAINT_SEAM_BLEND_MM
 
 __all__ = ["generate_conditioned", "inpaint", "outpaint", "segment"]
 
@@ -66,18 +67,20 @@ def inpaint(input_path: PathLike, mask_path: PathLike, out_dir: PathLike, report
             steps: Optional[int] = None, sr_steps: Optional[int] = None, guidance: Optional[float] = None,
             device: str = "auto", low_res_only: bool = False, sampler: str = "ddim", precision: str = "auto",
             sr_tile: SRTile = "auto", feather_voxels: int = 0, resampling: Optional[Resampling] = None,
-            callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-            overwrite: bool = False) -> dict[str, Path]:
+            seam_blend_mm: float = 0.0, callback: Optional[ProgressCallback] = None,
+            cancel: Optional[CancelToken] = None, overwrite: bool = False) -> dict[str, Path]:
     """Regenerate the CT inside the mask from ``report`` (none: the unconditional model); every voxel outside it
     comes back byte-identical. ``local`` samples only windows around a small mask at both stages (see
-    ``edit_window``); anatomy not given is then generated inside the low-res window only."""
+    ``edit_window``); anatomy not given is then generated inside the low-res window only. ``seam_blend_mm`` (off by
+    default: an erased region's border often lies on the edge of the finding asked for) fades the intensity step
+    at the mask border out over that width, inside the mask only."""
     check_output_dir(out_dir, overwrite)
     ct, grid = load_input_ct(input_path)
     edit_mask = load_edit_mask(mask_path, grid)
     anatomy = load_anatomy(lobes, airway, vessels, segment_map)
     request = inpaint_request(ct, grid, edit_mask, anatomy, center_lps)
     options = SamplingOptions(report, seed, steps, sr_steps, guidance, low_res_only, sampler, precision, sr_tile,
-                              feather_voxels, resampling, local)
+                              feather_voxels, resampling, local, seam_blend_mm)
     inputs = {"input": Path(input_path), "mask": Path(mask_path), **{r: a.path for r, a in anatomy.items()}}
     loaded = loaded if loaded is not None else load_model(model, device)
     return _sample_and_write(loaded, request, options, inputs, out_dir, callback, cancel, overwrite)
@@ -90,9 +93,10 @@ def outpaint(input_path: PathLike, out_dir: PathLike, canvas_path: Optional[Path
              sr_steps: Optional[int] = None, guidance: Optional[float] = None, device: str = "auto",
              low_res_only: bool = False, sampler: str = "ddim", precision: str = "auto", sr_tile: SRTile = "auto",
              feather_voxels: int = 0, resampling: Optional[Resampling] = None,
-             callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-             overwrite: bool = False) -> dict[str, Path]:
-    """Extend the input to the canvas (a reference volume's grid, or the input grown by ``margin_mm``)."""
+             seam_blend_mm: float = OUTPAINT_SEAM_BLEND_MM, callback: Optional[ProgressCallback] = None,
+             cancel: Optional[CancelToken] = None, overwrite: bool = False) -> dict[str, Path]:
+    """Extend the input to the canvas (a reference volume's grid, or the input grown by ``margin_mm``); the generated
+    side's intensity step at the input's border is faded out over ``seam_blend_mm`` (0: off)."""
     if (canvas_path is None) == (margin_mm is None):
         raise MedSynError("give exactly one of a canvas volume or margins in mm")
     check_output_dir(out_dir, overwrite)
@@ -100,7 +104,7 @@ def outpaint(input_path: PathLike, out_dir: PathLike, canvas_path: Optional[Path
     canvas = read_volume(canvas_path)[1] if canvas_path is not None else canvas_from_margin(grid, margin_mm)
     request = outpaint_request(ct, grid, canvas, center_lps)
     options = SamplingOptions(report, seed, steps, sr_steps, guidance, low_res_only, sampler, precision, sr_tile,
-                              feather_voxels, resampling)
+                              feather_voxels, resampling, seam_blend_mm=seam_blend_mm)
     inputs = {"input": Path(input_path), **({"canvas": Path(canvas_path)} if canvas_path is not None else {})}
     loaded = loaded if loaded is not None else load_model(model, device)
     return _sample_and_write(loaded, request, options, inputs, out_dir, callback, cancel, overwrite)

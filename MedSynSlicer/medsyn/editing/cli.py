@@ -117,6 +117,9 @@ def _add_harmonisation(p: argparse.ArgumentParser) -> None:
                    help="soft low-res boundary of this many voxels between kept and generated parts")
     p.add_argument("--repaint", type=_jump_repeats, default=None, metavar="JUMP,REPEATS",
                    help="RePaint resampling at low res, e.g. 2,3 (costs about REPEATS times the low-res steps)")
+    p.add_argument("--seam-blend", type=float, default=None, metavar="MM",
+                   help="fade the CT intensity step at the border with the kept voxels out over this width "
+                        "(generated side only; default 16 for outpaint, 0 = off for inpaint)")
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -129,7 +132,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
 
 def _harmonisation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     resampling = None if args.repaint is None else Resampling(*args.repaint, seed=args.seed)
-    return {"feather_voxels": args.feather, "resampling": resampling}
+    blend = {} if args.seam_blend is None else {"seam_blend_mm": args.seam_blend}
+    return {"feather_voxels": args.feather, "resampling": resampling, **blend}
 
 
 def _millimetres(text: str) -> tuple[float, float, float]:

@@ -13,7 +13,8 @@ from medsyn.codec import DecodedVolume
 from medsyn.geometry import Grid
 
 from .known import KnownChannel
-from .resample import resample
+from .resample import field_of_view, resample
+from .seam import blend_seam
 
 
 def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -33,9 +34,14 @@ def composite(channel: Optional[KnownChannel], generated: np.ndarray, default_dt
 
 
 def to_output_grid(decoded: DecodedVolume, canonical: Grid, grid: Grid, channels: dict[str, KnownChannel],
-                   hu_window: tuple[float, float]) -> dict[str, np.ndarray]:
-    """CT (linear) and label maps (nearest) of a canonical result on ``grid``, composited with the known channels."""
+                   hu_window: tuple[float, float], seam_blend_mm: float = 0.0) -> dict[str, np.ndarray]:
+    """CT (linear) and label maps (nearest) of a canonical result on ``grid``, composited with the known channels;
+    the generated CT first has its step at the border with the kept CT faded out over ``seam_blend_mm``."""
     generated_ct = resample(decoded.ct_hu, canonical, grid, "linear", hu_window[0])
+    known_ct = channels.get("ct")
+    if known_ct is not None and seam_blend_mm:
+        generated_ct = blend_seam(generated_ct, known_ct.known, known_ct.values, grid.spacing_xyz, seam_blend_mm,
+                                  free=field_of_view(canonical, grid))
     arrays = {"ct": composite(channels.get("ct"), generated_ct, np.int16)}
     for role in ("lobes", "airway", "vessels"):
         generated = resample(getattr(decoded, role), canonical, grid, "nearest", 0)

@@ -57,6 +57,11 @@ class SamplingOptions:
     feather_voxels: int = 0
     resampling: Optional[Resampling] = None
     local: bool = True  # sample a small edit's windows only (see edit_window); False: the whole grid
+    seam_blend_mm: float = 0.0  # fade the CT step at the kept/generated border out over this width (see seam)
+
+    def __post_init__(self) -> None:
+        if not self.seam_blend_mm >= 0:  # also catches NaN
+            raise MedSynError(f"seam blend width must be 0 (off) or a positive number of mm, got {self.seam_blend_mm}")
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ def run_edit(loaded: LoadedModel, request: EditRequest, options: SamplingOptions
         settings["sr_tile"] = describe_plan(plan)
         settings["timings"] = {**settings["timings"], "sr_s": time.perf_counter() - start}
     decoded = decode_volume(x[0].float().numpy(), window)
-    arrays = to_output_grid(decoded, canonical, request.grid, request.channels, window)
+    arrays = to_output_grid(decoded, canonical, request.grid, request.channels, window, options.seam_blend_mm)
     return EditResult(arrays, request.grid, decoded, canonical, low_box, box, settings)
 
 

@@ -46,6 +46,7 @@ def edit_provenance(request: EditRequest, result: EditResult, options: SamplingO
         lowres_box_zyx=_box_list(result.lowres_box),
         sr_box_zyx=_box_list(result.sr_box),
         feather_voxels=options.feather_voxels,
+        seam_blend_mm=options.seam_blend_mm,
         resampling=None if options.resampling is None else asdict(options.resampling),
     )
 

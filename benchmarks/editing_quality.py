@@ -9,8 +9,9 @@ Measures, for the issue's acceptance figures:
    SSIM / PSNR / MSE against the phantom's truth (generative-anchors §4);
 3. a finding in an erased region: the right lung base of a normal phantom is erased and regenerated with and without
    "large right pleural effusion"; fluid-density voxels (-30..50 HU) there, in mL;
-4. outpainting: the top and bottom slabs of a phantom are cut off and generated back; the mean |HU step| across the
-   border against the mean step between neighbouring input slices.
+4. outpainting: the top and bottom slabs of a phantom are cut off and generated back (with outpainting's default
+   seam blend); the mean |HU step| across the border against the mean step between neighbouring input slices, and
+   between neighbouring generated slices (how much texture the generated slabs have).
 
     python benchmarks/editing_quality.py --model medsyn-demo --phantoms 4 --seeds 0,1,2 --out editing_quality.json
 """
@@ -33,6 +34,7 @@ from medsyn.editing.known import encode_known, known_regions
 from medsyn.editing.masks import LabelVolume
 from medsyn.editing.modes import conditioned_request, inpaint_request, outpaint_request
 from medsyn.editing.resample import index_to_lps
+from medsyn.editing.seam import OUTPAINT_SEAM_BLEND_MM
 from medsyn.geometry import Grid
 from medsyn.models.loaded import LoadedModel, load_model
 from medsyn.phantom.generator import Phantom, generate_phantom
@@ -183,8 +185,10 @@ def finding_in_erased_region(loaded: LoadedModel, grid: Grid, count: int, seeds,
 
 
 def outpaint_seam(loaded: LoadedModel, cases, seeds, options: SamplingOptions, cut_mm: float) -> dict:
-    """Mean |HU step| across the cut borders vs. between neighbouring input slices, inside the body."""
-    rows: dict[str, list[float]] = {"seam_step_hu": [], "natural_step_hu": [], "input_kept": []}
+    """Mean |HU step| across the cut borders vs. between neighbouring input slices and between neighbouring
+    generated slices, inside the body, with outpainting's default seam blend (``medsyn outpaint``'s)."""
+    rows: dict[str, list[float]] = {"seam_step_hu": [], "natural_step_hu": [], "generated_step_hu": [],
+                                    "input_kept": []}
     for phantom, report, _ in cases:
         cut = max(1, int(round(cut_mm / phantom.grid.spacing_xyz[2])))
         cropped = phantom.ct[cut:-cut]
@@ -193,14 +197,17 @@ def outpaint_seam(loaded: LoadedModel, cases, seeds, options: SamplingOptions, c
         request = outpaint_request(cropped, crop_grid, phantom.grid)
         body = phantom.ct > -500
         for seed in seeds:
-            ct = run_edit(loaded, request, replace(options, report=report, seed=seed)).arrays["ct"].astype(np.float64)
+            blended = replace(options, report=report, seed=seed, seam_blend_mm=OUTPAINT_SEAM_BLEND_MM)
+            ct = run_edit(loaded, request, blended).arrays["ct"].astype(np.float64)
             rows["input_kept"].append(float(np.array_equal(ct[cut:-cut], cropped)))
-            seams = [(cut - 1, cut), (len(ct) - cut - 1, len(ct) - cut)]
-            rows["seam_step_hu"].append(float(np.mean([np.abs(ct[a] - ct[b])[body[a] | body[b]].mean()
-                                                       for a, b in seams])))
-            inner = [(k, k + 1) for k in range(cut, len(ct) - cut - 1)]
-            rows["natural_step_hu"].append(float(np.mean([np.abs(ct[a] - ct[b])[body[a] | body[b]].mean()
-                                                          for a, b in inner])))
+
+            def mean_step(pairs: list[tuple[int, int]]) -> float:
+                return float(np.mean([np.abs(ct[a] - ct[b])[body[a] | body[b]].mean() for a, b in pairs]))
+
+            rows["seam_step_hu"].append(mean_step([(cut - 1, cut), (len(ct) - cut - 1, len(ct) - cut)]))
+            rows["natural_step_hu"].append(mean_step([(k, k + 1) for k in range(cut, len(ct) - cut - 1)]))
+            generated = list(range(cut - 1)) + list(range(len(ct) - cut, len(ct) - 1))
+            rows["generated_step_hu"].append(mean_step([(k, k + 1) for k in generated]))
     return rows
 
 

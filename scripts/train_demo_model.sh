@@ -23,6 +23,13 @@ OMP_NUM_THREADS=1 medsyn train --stage sr --data "$WORK/phantoms/manifest.jsonl"
   --checkpoint-every 50 --seed 0 --device cpu --ema-decay 0.98 --ema-every 1 --ema-start 200 &
 wait
 
+# 3b. SR fine-tune: 400 more steps on slabs of whole axial planes (GroupNorm sees whole-volume statistics) with the CT
+#     loss weighted 10× inside the airway, so the SR stage carves the lumen where the airway channel is.
+OMP_NUM_THREADS=2 medsyn train --stage sr --data "$WORK/phantoms/manifest.jsonl" --out "$WORK/run_sr" \
+  --model-config "$REPO/scripts/demo_sr_config.json" --steps 1300 --batch-size 4 --lr 5e-4 --crop 8x128x128 \
+  --structure-ct-weights 10,1 --checkpoint-every 50 --seed 0 --device cpu --ema-decay 0.98 --ema-every 1 \
+  --ema-start 200 --resume
+
 # 4. Model folder with a card (EMA weights, sha256, default steps).
 medsyn export-model --lowres "$WORK/run_low" --sr "$WORK/run_sr" --text-encoder "$TEXT" \
   --out "$WORK/medsyn-demo-phantom" --name medsyn-demo-phantom --license Apache-2.0 \

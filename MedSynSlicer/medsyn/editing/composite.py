@@ -42,7 +42,7 @@ def to_output_grid(decoded: DecodedVolume, canonical: Grid, grid: Grid, channels
     if known_ct is not None and seam_blend_mm:
         generated_ct = blend_seam(generated_ct, known_ct.known, known_ct.values, grid.spacing_xyz, seam_blend_mm,
                                   free=field_of_view(canonical, grid))
-    arrays = {"ct": composite(channels.get("ct"), generated_ct, np.int16)}
+    arrays = {"ct": composite(known_ct, generated_ct, np.int16)}
     for role in ("lobes", "airway", "vessels"):
         generated = resample(getattr(decoded, role), canonical, grid, "nearest", 0)
         arrays[role] = composite(channels.get(role), generated, np.uint8)

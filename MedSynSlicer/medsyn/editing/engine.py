@@ -26,6 +26,7 @@ from .composite import to_output_grid
 from .known import KnownChannel, encode_known, known_regions
 from .edit_window import lowres_window, sr_box
 from .resample import field_of_view, touched
+from .seam import check_blend_width
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,7 @@ class SamplingOptions:
     seam_blend_mm: float = 0.0  # fade the CT step at the kept/generated border out over this width (see seam)
 
     def __post_init__(self) -> None:
-        if not self.seam_blend_mm >= 0:  # also catches NaN
-            raise MedSynError(f"seam blend width must be 0 (off) or a positive number of mm, got {self.seam_blend_mm}")
+        check_blend_width(self.seam_blend_mm)  # before any sampling, not at compositing time
 
 
 @dataclass(frozen=True)

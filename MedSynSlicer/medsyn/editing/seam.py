@@ -15,9 +15,15 @@ from scipy import ndimage
 
 from ..errors import MedSynError
 
-SIX = ndimage.generate_binary_structure(3, 1)
+SIX = ndimage.generate_binary_structure(3, 1).astype(np.float32)  # a voxel's 6 face neighbours (and itself: 0 there)
 OUTPAINT_SEAM_BLEND_MM = 16.0  # outpainting's default: its border cuts straight through the body
 BORDER_SMOOTHING_MM = 4.0  # Gaussian sigma along the border: averages out voxel noise, keeps the step's slow changes
+
+
+def check_blend_width(width_mm: float) -> None:
+    """A blend width is 0 (off) or a positive number of mm; NaN is neither."""
+    if not width_mm >= 0:
+        raise MedSynError(f"seam blend width must be 0 (off) or a positive number of mm, got {width_mm}")
 
 
 def blend_seam(generated: np.ndarray, known: np.ndarray, known_values: np.ndarray,
@@ -29,16 +35,15 @@ def blend_seam(generated: np.ndarray, known: np.ndarray, known_values: np.ndarra
     of view) stay as they are. Unchanged when ``width_mm`` is 0 or nothing (or everything) is known. Limits: a true
     edge that runs along the border (a lung surface exactly on it) is softened on the generated side.
     """
-    if width_mm < 0:
-        raise MedSynError(f"seam blend width must be 0 (off) or a positive number of mm, got {width_mm}")
+    check_blend_width(width_mm)
     if width_mm == 0 or not known.any() or known.all():
         return generated
     generated = np.asarray(generated, dtype=np.float32)
     free = ~known if free is None else free & ~known
     values = np.where(known, known_values, 0).astype(np.float32)
-    neighbours = ndimage.convolve(known.astype(np.float32), SIX.astype(np.float32), mode="constant")
+    neighbours = ndimage.convolve(known.astype(np.float32), SIX, mode="constant")
     border = free & (neighbours > 0)
-    kept_mean = ndimage.convolve(values, SIX.astype(np.float32), mode="constant")[border] / neighbours[border]
+    kept_mean = ndimage.convolve(values, SIX, mode="constant")[border] / neighbours[border]
     step = np.zeros_like(generated)
     step[border] = kept_mean - generated[border]
     sigma = [BORDER_SMOOTHING_MM / spacing for spacing in spacing_xyz[::-1]]

@@ -178,6 +178,19 @@ def test_block_mean_models_get_block_mean_ct_as_low_res_known_values():
     assert np.array_equal(subsampled.values[0, 0].numpy(), values[0, ::2, ::2, ::2])
 
 
+def test_block_max_models_get_block_maxima_of_the_given_trees_as_low_res_known_values():
+    """Anatomy conditioning must show a block_max model its airway/vessels as it was trained: the block maximum."""
+    airway = np.full((8, 8, 8), -1.0, dtype=np.float32)
+    airway[1, 3, 5] = 1.0  # one voxel of a thin bronchus, off every subsampled voxel
+    values = np.stack([np.zeros_like(airway), np.zeros_like(airway), airway, airway])
+    volume = KnownVolume(values, np.ones(values.shape, dtype=bool))
+    low, _ = known_regions(volume, 2, lowres_masks="block_max")
+    for channel in (2, 3):
+        assert np.flatnonzero(low.values[0, channel].numpy() > 0).tolist() == [0 * 16 + 1 * 4 + 2]
+    subsampled, _ = known_regions(volume, 2)
+    assert not (subsampled.values[0, 2:].numpy() > 0).any()
+
+
 def test_whole_volume_super_resolution_matches_the_pipeline(loaded):
     """Same noise and known region as MedSynPipeline's own SR stage, so a box edit differs from it only by its box."""
     grid, _ = model_grid_for(loaded, low_res_only=False)

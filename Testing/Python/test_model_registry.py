@@ -62,6 +62,7 @@ def test_names_resolve_through_models_dir(tmp_path, tiny_model, monkeypatch, cap
     (lambda c: c["grid"].update(spacing_xyz=[1, 0, 1]), "spacing"),
     (lambda c: c["lowres"].update(sha256="abc"), "sha256"),
     (lambda c: c["grid"].update(lowres_ct="median"), "lowres_ct"),
+    (lambda c: c["grid"].update(lowres_masks="any"), "lowres_masks"),
     (lambda c: c.pop("grid"), "not a valid model card"),
 ])
 def test_card_validation_names_the_problem(tmp_path, tiny_model, edit, message):

@@ -7,7 +7,7 @@ while its fingerprint (manifest files, grid, HU window, resampling, text encoder
 Layout::
 
     index.json                      grid, hu_window, fingerprint, one entry per case
-    cases/<row>.safetensors         image (4, D, H, W), lowres (4, d, h, w) = lowres_of(image), loss_mask (4,)
+    cases/<row>.safetensors         image (4, D, H, W), lowres (4, d, h, w) = lowres_on_grid(image), loss_mask (4,)
     text/<sha256 of report>.safetensors   features (192, H), one file per unique report
 
 Volumes are stored as float16: CT in steps of about 0.4 HU, lobe levels within 1e-4, masks exact, at half the disk
@@ -30,7 +30,7 @@ from ..models.weights import sha256_file
 from ..text.encoder import FeatureCache, TextEncoder, find_weight_file
 from ..io.outputs import AtomicOutputDir
 from .manifest import ManifestRow, read_manifest
-from .transforms import load_case, lowres_of
+from .transforms import load_case, lowres_on_grid
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 1
@@ -69,7 +69,7 @@ def _write_cases(rows: list[ManifestRow], grid: GridCard, hu_window: Sequence[fl
     for row in tqdm(rows, desc="preparing volumes", unit="case", disable=not show_progress):
         image, loss_mask = load_case(row, grid, hu_window, resample)
         name = f"{row.row:06d}.safetensors"
-        lowres = lowres_of(image, grid.sr_factor, grid.lowres_ct).to(STORAGE_DTYPE).contiguous()
+        lowres = lowres_on_grid(image, grid).to(STORAGE_DTYPE).contiguous()
         save_file({"image": image.to(STORAGE_DTYPE), "lowres": lowres, "loss_mask": loss_mask}, str(folder / name))
         cases.append({"id": row.case_id, "file": f"cases/{name}", "report": report_key(row.report)})
     return cases

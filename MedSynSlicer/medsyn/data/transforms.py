@@ -13,13 +13,14 @@ import torch
 
 from ..codec import NUM_LOBE_LABELS
 from ..errors import MedSynError
-from ..models.card import GridCard
+from ..models.card import LOWRES_CT_REDUCTIONS, LOWRES_MASK_REDUCTIONS, GridCard
 from .manifest import MASK_COLUMNS, ManifestRow
 
 CHANNEL_KEYS = ("ct",) + MASK_COLUMNS
 MAX_LABEL = {"lobes": NUM_LOBE_LABELS, "airway": 1, "vessels": 1}
 UNKNOWN_VALUE = 0.0  # mid-range of model space: says nothing about the structure; its loss is masked out anyway
 RESAMPLE_MODES = ("spacing", "resize")
+TREE_CHANNELS = (2, 3)  # airway, vessels: thin binary trees
 
 
 def axis_codes(grid: GridCard) -> str:
@@ -29,19 +30,36 @@ def axis_codes(grid: GridCard) -> str:
     return "".join(nibabel.orientations.aff2axcodes(grid.to_grid().to_ras_affine()))
 
 
-def lowres_of(volume: torch.Tensor, factor: int, ct: str = "subsample") -> torch.Tensor:
+def lowres_of(volume: torch.Tensor, factor: int, ct: str = "subsample", masks: str = "subsample") -> torch.Tensor:
     """Low-res of a (..., 4, D, H, W) model-space volume: every ``factor``-th voxel, exactly how the official low-res
-    data were made; with ``ct="block_mean"`` (a model card's ``grid.lowres_ct``) channel 0 is the factor³-block mean."""
+    data were made. A model card's ``grid.lowres_ct = "block_mean"`` makes channel 0 the factor³-block mean;
+    ``grid.lowres_masks = "block_max"`` makes the airway and vessel channels the block maximum (inside where any voxel
+    of the block is, the block nearest upsampling maps the low-res voxel back onto)."""
+    if ct not in LOWRES_CT_REDUCTIONS:
+        raise MedSynError(f"unknown low-res CT reduction {ct!r}; use one of {list(LOWRES_CT_REDUCTIONS)}")
+    if masks not in LOWRES_MASK_REDUCTIONS:
+        raise MedSynError(f"unknown low-res mask reduction {masks!r}; use one of {list(LOWRES_MASK_REDUCTIONS)}")
     low = volume[..., ::factor, ::factor, ::factor]
-    if ct == "subsample":
+    if ct == "subsample" and masks == "subsample":
         return low
-    if ct != "block_mean":
-        raise MedSynError(f"unknown low-res CT reduction {ct!r}; use 'subsample' or 'block_mean'")
-    *lead, _, depth, height, width = volume.shape
-    blocks = volume[..., 0, :, :, :].float().reshape(*lead, depth // factor, factor, height // factor, factor,
-                                                     width // factor, factor)
-    mean = blocks.mean(dim=(-5, -3, -1)).to(volume.dtype)
-    return torch.cat([mean.unsqueeze(-4), low[..., 1:, :, :, :]], dim=-4)
+    channels = list(low.unbind(dim=-4))
+    if ct == "block_mean":
+        channels[0] = _blocks(volume[..., 0, :, :, :], factor).mean(dim=(-5, -3, -1)).to(volume.dtype)
+    if masks == "block_max":
+        for index in TREE_CHANNELS:
+            channels[index] = _blocks(volume[..., index, :, :, :], factor).amax(dim=(-5, -3, -1)).to(volume.dtype)
+    return torch.stack(channels, dim=-4)
+
+
+def lowres_on_grid(volume: torch.Tensor, grid: GridCard) -> torch.Tensor:
+    """``lowres_of`` with the factor and reductions a model card's grid names (training data, SR conditioning)."""
+    return lowres_of(volume, grid.sr_factor, grid.lowres_ct, grid.lowres_masks)
+
+
+def _blocks(channel: torch.Tensor, factor: int) -> torch.Tensor:
+    """(..., D, H, W) → (..., D/f, f, H/f, f, W/f, f) in float32, so reductions over the f-axes give one value a block."""
+    *lead, depth, height, width = channel.shape
+    return channel.float().reshape(*lead, depth // factor, factor, height // factor, factor, width // factor, factor)
 
 
 def load_case(row: ManifestRow, grid: GridCard, hu_window: Sequence[float], resample: str = "spacing"

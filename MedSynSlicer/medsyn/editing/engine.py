@@ -95,7 +95,8 @@ def run_edit(loaded: LoadedModel, request: EditRequest, options: SamplingOptions
     canonical = canonical_grid(model_grid, request.grid, request.centre_lps)
     beyond = _beyond_model(request, canonical)
     known_low, known_full = known_regions(encode_known(request.channels, request.grid, canonical, window), factor,
-                                          options.feather_voxels, options.resampling, card.grid.lowres_ct)
+                                          options.feather_voxels, options.resampling, card.grid.lowres_ct,
+                                          card.grid.lowres_masks)
     pipeline = MedSynPipeline(loaded, PerformanceOptions(precision=options.precision, sr_tile=options.sr_tile))
     low_box, box = _local_windows(loaded, request, canonical, factor) if options.local else (None, None)
     low = pipeline.generate(options.report, seed=options.seed, steps=options.steps, guidance=options.guidance,

@@ -58,12 +58,13 @@ def encode_known(channels: dict[str, KnownChannel], reference: Grid, canonical: 
 
 
 def known_regions(volume: KnownVolume, factor: int, feather_voxels: int = 0,
-                  resampling: Optional[Resampling] = None, lowres_ct: str = "subsample"
-                  ) -> tuple[Optional[KnownRegion], Optional[KnownRegion]]:
+                  resampling: Optional[Resampling] = None, lowres_ct: str = "subsample",
+                  lowres_masks: str = "subsample") -> tuple[Optional[KnownRegion], Optional[KnownRegion]]:
     """(low-res, full-res) known regions; None where nothing is known.
 
-    Low-res values are made as the model's low-res training data were (``lowres_ct``, see ``lowres_of``); feathering and
-    RePaint resampling act at low res, where content is decided, while the full-res stage is fixed exactly.
+    Low-res values are made as the model's low-res training data were (``lowres_ct``, ``lowres_masks``, see
+    ``lowres_of``); feathering and RePaint resampling act at low res, where content is decided, while the full-res
+    stage is fixed exactly.
     """
     if not volume.known.any():
         return None, None
@@ -71,6 +72,6 @@ def known_regions(volume: KnownVolume, factor: int, feather_voxels: int = 0,
     channels, depth, height, width = volume.known.shape
     blocks = volume.known.reshape(channels, depth // factor, factor, height // factor, factor, width // factor, factor)
     low_known = torch.from_numpy(blocks.all(axis=(2, 4, 6)))[None]
-    low_values = lowres_of(torch.from_numpy(volume.values), factor, lowres_ct).contiguous()[None]
+    low_values = lowres_of(torch.from_numpy(volume.values), factor, lowres_ct, lowres_masks).contiguous()[None]
     low_mask = feather(low_known, feather_voxels) if feather_voxels else low_known
     return KnownRegion(low_mask, low_values, resampling), full

@@ -20,6 +20,7 @@ CARD_FILE = "model_card.json"
 FORMAT_VERSION = 1
 CHANNELS = ("ct", "lobes", "airway", "vessels")
 LOWRES_CT_REDUCTIONS = ("subsample", "block_mean")
+LOWRES_MASK_REDUCTIONS = ("subsample", "block_max")
 LOBE_LABELS = {"LUL": 1, "LLL": 2, "RUL": 3, "RML": 4, "RLL": 5}
 
 
@@ -41,8 +42,10 @@ class GridCard:
 
     ``lowres_ct`` says how the network's low-res CT was made from full resolution: ``"subsample"`` (every
     ``sr_factor``-th voxel, the official data) or ``"block_mean"`` (the mean of each sr_factor³ block, free of
-    subsampling's aliasing; a training option, see docs/training-data.md). Label channels are always subsampled:
-    labels don't average.
+    subsampling's aliasing; a training option, see docs/training-data.md). ``lowres_masks`` says the same for the
+    airway and vessel channels: ``"subsample"`` (official) or ``"block_max"`` (inside where any voxel of the block is,
+    so a thin tree stays a connected tree at low res instead of aliasing into scattered points). Lobe labels are
+    always subsampled: labels neither average nor take a maximum.
     """
 
     lowres_shape_zyx: list[int]
@@ -51,6 +54,7 @@ class GridCard:
     direction_lps: list[float]
     origin_lps: list[float]
     lowres_ct: str = "subsample"
+    lowres_masks: str = "subsample"
 
     @property
     def shape_zyx(self) -> list[int]:
@@ -127,6 +131,8 @@ class ModelCard:
             problems.append("grid.direction_lps needs 9 numbers and grid.origin_lps 3")
         if grid.lowres_ct not in LOWRES_CT_REDUCTIONS:
             problems.append(f"grid.lowres_ct must be one of {list(LOWRES_CT_REDUCTIONS)}")
+        if grid.lowres_masks not in LOWRES_MASK_REDUCTIONS:
+            problems.append(f"grid.lowres_masks must be one of {list(LOWRES_MASK_REDUCTIONS)}")
         for stage_name, stage in (("lowres", self.lowres), ("sr", self.sr)):
             if stage is None:
                 continue

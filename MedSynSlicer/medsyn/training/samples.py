@@ -15,7 +15,7 @@ import torch
 
 from ..codec import lowres_to_sr_condition
 from ..data.dataset import PreparedDataset
-from ..data.transforms import lowres_of
+from ..data.transforms import lowres_on_grid
 from ..errors import MedSynError
 
 ORDER_STREAM, SAMPLE_STREAM = 0, 1
@@ -122,7 +122,7 @@ class TrainingSamples(torch.utils.data.Dataset):
 
     def _degraded_lowres(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Official "gaussian_aug": nearest down/up by f, then x_lr ← (1−a)·x_lr + a·N(0,1) with a ~ U(0, max)."""
-        x_lr = lowres_to_sr_condition(lowres_of(x0, self.factor, self.data.grid.lowres_ct)[None], self.factor)[0]
+        x_lr = lowres_to_sr_condition(lowres_on_grid(x0, self.data.grid)[None], self.factor)[0]
         alpha = torch.rand((), generator=generator) * self.lr_noise_max
         return (1 - alpha) * x_lr + alpha * torch.randn(x_lr.shape, generator=generator)
 

@@ -31,10 +31,11 @@ from medsyn.models.weights import sha256_file
 from medsyn.networks.config import LowResConfig
 from medsyn.phantom.cli import run_phantom
 from medsyn.text.encoder import TextEncoder
-from medsyn.training.checkpoint import latest_checkpoint
+from medsyn.training.checkpoint import latest_checkpoint, read_trainer_state
 from medsyn.training.config import TrainConfig
 from medsyn.training.ema import EMA
 from medsyn.training.export import export_model
+from medsyn.training.init_weights import init_weight_file
 from medsyn.training.loss_log import read_loss_log
 from medsyn.training.objective import min_snr_weights, x0_loss
 from medsyn.training.samples import BatchLayout, TrainingSamples
@@ -255,6 +256,26 @@ def test_block_mean_lowres_averages_the_ct_and_keeps_labels_subsampled(workspace
     with pytest.raises(MedSynError, match="unknown low-res CT reduction"):
         lowres_of(image, 2, "median")
 
+def test_block_max_lowres_keeps_thin_trees_connected_and_the_rest_subsampled(workspace):
+    """grid.lowres_masks = "block_max": an airway/vessel low-res voxel is inside when any voxel of its block is, in the
+    prepared data and in the SR stage's conditioning; CT and lobes stay subsampled."""
+    grid = GridCard(**{**asdict(GRID), "lowres_masks": "block_max"})
+    assert grid.to_lowres_grid() == GRID.to_lowres_grid()  # the CT still samples every f-th voxel
+    data = PreparedDataset(prepare_dataset(workspace["manifest"], grid, HU_WINDOW, workspace["root"] / "prepared_max",
+                                           show_progress=False))
+    image, lowres = data.image_crop(0, (0, 0, 0), (16, 16, 16)), data.lowres(0)
+    for channel in (2, 3):
+        inside = (image[channel] > 0).reshape(8, 2, 8, 2, 8, 2).any(dim=5).any(dim=3).any(dim=1)
+        assert torch.equal(lowres[channel] > 0, inside)
+    assert (lowres[2:] > 0).sum() > (image[2:, ::2, ::2, ::2] > 0).sum()  # more of the trees than subsampled
+    assert torch.equal(lowres[:2], image[:2, ::2, ::2, ::2])
+    sample = TrainingSamples(data, "sr", seed=5, crop=(8, 8), lr_noise_max=0.0)[11]
+    tree_blocks = sample["x0"][2:].reshape(2, 8, 2, 4, 2, 4, 2).amax(dim=(2, 4, 6))
+    torch.testing.assert_close(sample["x_lr"][2:, ::2, ::2, ::2], tree_blocks)
+    torch.testing.assert_close(sample["x_lr"][:2, ::2, ::2, ::2], sample["x0"][:2, ::2, ::2, ::2])
+    with pytest.raises(MedSynError, match="unknown low-res mask reduction"):
+        lowres_of(image, 2, masks="any")
+
 # --- objective and EMA ------------------------------------------------------------------------------------------------
 
 def test_text_dropout_uses_the_null_embedding_and_unknown_channels_leave_the_loss():
@@ -391,6 +412,32 @@ def test_resume_continues_bit_exactly(workspace, uninterrupted_sr, tmp_path):
     resumed = train(_config(workspace, tmp_path / "run", resume=True))
     assert _losses(resumed.run_dir) == _losses(uninterrupted_sr)
     _assert_same_weights(resumed.checkpoint, uninterrupted_sr / "checkpoints" / "step_6")
+
+
+def test_fine_tune_starts_from_init_weights_with_a_new_grid_encoding(workspace, uninterrupted_sr, repo_root, tmp_path):
+    """--init-weights: a run whose data encoding differs (so it cannot resume) starts from trained weights, keeps their
+    sha256 in its checkpoints across a resume, and says clearly when the weights do not fit the network."""
+    source = uninterrupted_sr / "checkpoints" / "step_6" / "ema.safetensors"
+    config = _model_config(workspace["root"], "sr")
+    block_max = tmp_path / "block_max.json"
+    block_max.write_text(json.dumps({**json.loads(config.read_text()),
+                                     "grid": {**asdict(GRID), "lowres_masks": "block_max"}}), encoding="utf-8")
+    options = dict(model_config=block_max, init_weights=source, lr=1e-12, data_cache=tmp_path / "prepared")
+    tuned = train(_config(workspace, tmp_path / "tuned", steps=1, checkpoint_every=1, **options))
+    start = load_file(str(source))
+    for tensors in _weights(tuned.checkpoint).values():  # online and EMA weights both start from the source
+        for key, value in tensors.items():
+            torch.testing.assert_close(value, start[key], atol=1e-9, rtol=0)
+    assert read_trainer_state(tuned.checkpoint)["init_weights_sha256"] == sha256_file(source)
+    resumed = train(_config(workspace, tmp_path / "tuned", steps=2, checkpoint_every=1, resume=True, **options))
+    assert read_trainer_state(resumed.checkpoint)["init_weights_sha256"] == sha256_file(source)
+
+    demo = repo_root / "Resources" / "Models" / "medsyn-demo-phantom"
+    assert init_weight_file(demo, "sr") == demo / "sr.safetensors"
+    with pytest.raises(MedSynError, match="sr.safetensors"):  # the demo SR network is deeper than this one
+        train(_config(workspace, tmp_path / "mismatch", **{**options, "init_weights": demo}))
+    with pytest.raises(MedSynError, match="model_card.json"):
+        train(_config(workspace, tmp_path / "not_a_model", **{**options, "init_weights": tmp_path}))
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(workspace, uninterrupted_sr, tmp_path):

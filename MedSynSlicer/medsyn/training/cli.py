@@ -8,7 +8,7 @@ from pathlib import Path
 TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps", "batch_size", "grad_accum", "lr",
                  "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
                  "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache", "channel_weights", "lr_noise_max",
-                 "min_snr_gamma", "structure_ct_weights")
+                 "min_snr_gamma", "structure_ct_weights", "init_weights")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -75,6 +75,9 @@ def add_training_commands(sub) -> None:
     p.add_argument("--structure-ct-weights", default=None,
                    help="CT loss weights inside the airway,vessels channels (default 1,1; e.g. 10,1 so the SR stage "
                         "carves the airway lumen where the channel is)")
+    p.add_argument("--init-weights", default=None,
+                   help="fine-tune: start from this weight file (ours or an official checkpoint) or model folder "
+                        "instead of a fresh initialisation; a resumed run continues from its checkpoint instead")
     p.add_argument("--min-snr-gamma", type=float, default=None,
                    help="weight samples by min(SNR, gamma)/gamma (e.g. 5); default: the official uniform x0 MSE")
     p.set_defaults(func=cmd_train)

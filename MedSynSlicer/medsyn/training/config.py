@@ -57,6 +57,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16 (fp16 without bf16 support) on CUDA, fp32 on CPU
     num_workers: int = 0  # DataLoader worker processes
     data_cache: Optional[Path] = None  # prepared data folder; None: <out>/data
+    init_weights: Optional[Path] = None  # fine-tune: start from this weight file or model folder (ignored on resume)
 
     @classmethod
     def from_cli_args(cls, **kwargs: Any) -> "TrainConfig":
@@ -67,7 +68,7 @@ class TrainConfig:
         if unknown:
             raise MedSynError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
         values = {key: value for key, value in kwargs.items() if value is not None}
-        for key in ("data", "out", "model_config", "text_encoder", "data_cache"):
+        for key in ("data", "out", "model_config", "text_encoder", "data_cache", "init_weights"):
             if key in values:
                 values[key] = Path(values[key])
         if isinstance(values.get("crop"), str):

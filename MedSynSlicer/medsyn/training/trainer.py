@@ -24,6 +24,7 @@ from .checkpoint import checkpoint_folder, latest_checkpoint, load_checkpoint, s
 from .config import StageSpec, TrainConfig, read_stage_spec
 from .ddp import DistributedContext, distributed
 from .ema import EMA, STAGE_DEFAULTS
+from .init_weights import load_init_weights
 from .loss_log import LossLog
 from .objective import x0_loss
 from .samples import BatchLayout, TrainingSamples
@@ -79,6 +80,7 @@ class _Run:
         self.device = context.device
         self.layout = BatchLayout(config.batch_size, config.grad_accum, context.world_size)
         self.amp_dtype = autocast_dtype(config.precision, self.device)
+        self.init_sha256: Optional[str] = None  # of the weights a fine-tune started from; kept across resumes
 
     def execute(self) -> TrainResult:
         config = self.config
@@ -94,10 +96,14 @@ class _Run:
                            parts.previous_wall_time + time.perf_counter() - started)
 
     def _build(self, data: PreparedDataset, resume_from: Optional[Path]) -> _Parts:
-        """Fresh networks from the seed, or everything restored from the checkpoint to resume from."""
+        """Fresh networks from the seed (or from ``init_weights``), or everything restored from the checkpoint to resume
+        from."""
         config = self.config
         torch.manual_seed(config.seed)  # identical initial weights on every rank
-        net = self.spec.network.build().to(self.device)
+        net = self.spec.network.build()
+        if resume_from is None and config.init_weights is not None:
+            self.init_sha256 = load_init_weights(net, config.init_weights, config.stage)
+        net = net.to(self.device)
         self._check_text_width(net, data)
         decay, every = STAGE_DEFAULTS[config.stage]
         parts = _Parts(net, EMA(net, config.ema_decay or decay, config.ema_every or every, config.ema_start),
@@ -109,6 +115,7 @@ class _Run:
             self._check_compatible(state, resume_from)
             parts.scaler.load_state_dict(state["grad_scaler"])
             parts.start_step, parts.previous_wall_time = state["step"], state["wall_time_s"]
+            self.init_sha256 = state.get("init_weights_sha256")
         return parts
 
     def _loop(self, parts: _Parts, data: PreparedDataset, samples: TrainingSamples, started: float
@@ -211,7 +218,8 @@ class _Run:
         if self.context.is_main:
             state = {**self._identity(), "position": step * self.layout.global_batch,
                      "world_size": self.context.world_size, "wall_time_s": wall_time, "loss": log.flush(),
-                     "grad_scaler": parts.scaler.state_dict(), "config": self.config.to_dict()}
+                     "grad_scaler": parts.scaler.state_dict(), "config": self.config.to_dict(),
+                     "init_weights_sha256": self.init_sha256}
             save_checkpoint(self.config.out, step, parts.net, parts.ema.model, parts.optimizer, state)
         self.context.barrier()
         return checkpoint_folder(self.config.out, step)

@@ -276,6 +276,29 @@ def test_block_max_lowres_keeps_thin_trees_connected_and_the_rest_subsampled(wor
     with pytest.raises(MedSynError, match="unknown low-res mask reduction"):
         lowres_of(image, 2, masks="any")
 
+def test_tree_thinning_conditions_sr_on_thinner_block_max_trees(workspace):
+    """--tree-thinning keeps a low-res tree voxel only when more than a random share of its block is inside: never a
+    voxel the block max lacks, sometimes fewer; CT and lobes untouched; 0 is the block max; subsample grids refuse it."""
+    grid = GridCard(**{**asdict(GRID), "lowres_masks": "block_max"})
+    data = PreparedDataset(prepare_dataset(workspace["manifest"], grid, HU_WINDOW, workspace["root"] / "prepared_max",
+                                           show_progress=False))
+    plain = TrainingSamples(data, "sr", seed=5, crop=(8, 8), lr_noise_max=0.0)
+    thinned = TrainingSamples(data, "sr", seed=5, crop=(8, 8), lr_noise_max=0.0, tree_thinning=1.0)
+    fewer = 0
+    for position in range(8):
+        full, thin = plain[position], thinned[position]
+        assert torch.equal(full["x0"], thin["x0"]) and torch.equal(full["x_lr"][:2], thin["x_lr"][:2])
+        full_tree, thin_tree = full["x_lr"][2:] > 0, thin["x_lr"][2:] > 0
+        assert not (thin_tree & ~full_tree).any()
+        fewer += int(thin_tree.sum() < full_tree.sum())
+    assert fewer > 0
+    with pytest.raises(MedSynError, match="lowres_masks = block_max"):
+        subsampled = prepare_dataset(workspace["manifest"], GRID, HU_WINDOW, workspace["root"] / "prepared_plain",
+                                     show_progress=False)
+        TrainingSamples(PreparedDataset(subsampled), "sr", seed=5, crop=(8, 8), tree_thinning=0.5)
+    with pytest.raises(MedSynError, match="tree_thinning must lie in"):
+        _config(workspace, workspace["root"] / "unused", tree_thinning=1.5)
+
 # --- objective and EMA ------------------------------------------------------------------------------------------------
 
 def test_text_dropout_uses_the_null_embedding_and_unknown_channels_leave_the_loss():

@@ -44,10 +44,10 @@ def lowres_of(volume: torch.Tensor, factor: int, ct: str = "subsample", masks: s
         return low
     channels = list(low.unbind(dim=-4))
     if ct == "block_mean":
-        channels[0] = _blocks(volume[..., 0, :, :, :], factor).mean(dim=(-5, -3, -1)).to(volume.dtype)
+        channels[0] = block_view(volume[..., 0, :, :, :], factor).mean(dim=(-5, -3, -1)).to(volume.dtype)
     if masks == "block_max":
         for index in TREE_CHANNELS:
-            channels[index] = _blocks(volume[..., index, :, :, :], factor).amax(dim=(-5, -3, -1)).to(volume.dtype)
+            channels[index] = block_view(volume[..., index, :, :, :], factor).amax(dim=(-5, -3, -1)).to(volume.dtype)
     return torch.stack(channels, dim=-4)
 
 
@@ -56,7 +56,7 @@ def lowres_on_grid(volume: torch.Tensor, grid: GridCard) -> torch.Tensor:
     return lowres_of(volume, grid.sr_factor, grid.lowres_ct, grid.lowres_masks)
 
 
-def _blocks(channel: torch.Tensor, factor: int) -> torch.Tensor:
+def block_view(channel: torch.Tensor, factor: int) -> torch.Tensor:
     """(..., D, H, W) → (..., D/f, f, H/f, f, W/f, f) in float32, so reductions over the f-axes give one value a block."""
     *lead, depth, height, width = channel.shape
     return channel.float().reshape(*lead, depth // factor, factor, height // factor, factor, width // factor, factor)

@@ -8,6 +8,7 @@ from pathlib import Path
 TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps", "batch_size", "grad_accum", "lr",
                  "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
                  "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache", "channel_weights", "lr_noise_max",
+                 "tree_thinning",
                  "min_snr_gamma", "structure_ct_weights", "init_weights")
 
 
@@ -70,6 +71,10 @@ def add_training_commands(sub) -> None:
     p.add_argument("--data-cache", default=None, help="prepared-data folder to reuse (default: <out>/data)")
     p.add_argument("--lr-noise-max", type=float, default=None,
                    help="SR: largest low-res noise augmentation a (default 0.4, official); 0 turns it off")
+    p.add_argument("--tree-thinning", type=float, default=None,
+                   help="SR, block_max grids: a low-res airway/vessel voxel of the conditioning needs more than a "
+                        "share t ~ U(0, MAX) of its block inside (default 0: any voxel), so the SR stage also learns "
+                        "from the thinner trees a low-res network generates")
     p.add_argument("--channel-weights", default=None,
                    help="loss weights of CT,lobes,airway,vessels (default 1,1,1,1; e.g. 1,1,4,4 for thin trees)")
     p.add_argument("--structure-ct-weights", default=None,

@@ -49,6 +49,7 @@ class TrainConfig:
     crop: Optional[tuple[int, ...]] = None  # SR crop (H, W) full depth or (D, H, W); None: official 72×72 scaled
     # to the grid. Whole axial planes (D, H, W = the grid's) give GroupNorm the statistics of a whole-volume run
     lr_noise_max: float = 0.4  # SR: x_lr ← (1−a)·x_lr + a·N(0,1), a ~ U(0, lr_noise_max)
+    tree_thinning: float = 0.0  # SR on block_max grids: a low-res tree voxel needs a share of its block > τ ~ U(0, max)
     resample: str = "spacing"  # "spacing" (card spacing + centred pad/crop) or "resize" (whole volume to the grid)
     seed: int = 0
     resume: bool = False
@@ -90,8 +91,8 @@ class TrainConfig:
                 raise MedSynError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.grad_clip <= 0:
             raise MedSynError("lr and grad_clip must be positive")
-        if not 0.0 <= self.text_dropout <= 1.0 or not 0.0 <= self.lr_noise_max <= 1.0:
-            raise MedSynError("text_dropout and lr_noise_max must lie in [0, 1]")
+        if not all(0.0 <= value <= 1.0 for value in (self.text_dropout, self.lr_noise_max, self.tree_thinning)):
+            raise MedSynError("text_dropout, lr_noise_max and tree_thinning must lie in [0, 1]")
         if len(self.channel_weights) != 4 or min(self.channel_weights) < 0 or max(self.channel_weights) <= 0:
             raise MedSynError(f"channel_weights {self.channel_weights} must be 4 non-negative numbers, not all 0")
         if len(self.structure_ct_weights) != 2 or min(self.structure_ct_weights) <= 0:

@@ -15,7 +15,7 @@ import torch
 
 from ..codec import lowres_to_sr_condition
 from ..data.dataset import PreparedDataset
-from ..data.transforms import lowres_on_grid
+from ..data.transforms import TREE_CHANNELS, block_view, lowres_on_grid
 from ..errors import MedSynError
 
 ORDER_STREAM, SAMPLE_STREAM = 0, 1
@@ -77,10 +77,14 @@ class TrainingSamples(torch.utils.data.Dataset):
     """Map-style dataset indexed by position; yields x0, the diffusion time and noise, and the stage's condition."""
 
     def __init__(self, data: PreparedDataset, stage: str, seed: int, text_dropout: float = 0.1,
-                 crop: Optional[tuple[int, ...]] = None, lr_noise_max: float = 0.4) -> None:
+                 crop: Optional[tuple[int, ...]] = None, lr_noise_max: float = 0.4, tree_thinning: float = 0.0
+                 ) -> None:
         self.data, self.stage, self.seed = data, stage, seed
         self.order = DataOrder(len(data), seed)
         self.text_dropout, self.lr_noise_max = text_dropout, lr_noise_max
+        if tree_thinning and data.grid.lowres_masks != "block_max":
+            raise MedSynError("tree_thinning needs a grid with lowres_masks = block_max (it thins block-max trees)")
+        self.tree_thinning = tree_thinning
         self.factor = data.grid.sr_factor
         shape_zyx = list(data.grid.shape_zyx)
         crop = crop or default_crop(shape_zyx, self.factor)
@@ -122,9 +126,20 @@ class TrainingSamples(torch.utils.data.Dataset):
 
     def _degraded_lowres(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Official "gaussian_aug": nearest down/up by f, then x_lr ← (1−a)·x_lr + a·N(0,1) with a ~ U(0, max)."""
-        x_lr = lowres_to_sr_condition(lowres_on_grid(x0, self.data.grid)[None], self.factor)[0]
+        low = lowres_on_grid(x0, self.data.grid)
+        if self.tree_thinning:  # drawn only when asked for, so runs without it keep their random stream
+            low = self._thinned_trees(x0, low, torch.rand((), generator=generator) * self.tree_thinning)
+        x_lr = lowres_to_sr_condition(low[None], self.factor)[0]
         alpha = torch.rand((), generator=generator) * self.lr_noise_max
         return (1 - alpha) * x_lr + alpha * torch.randn(x_lr.shape, generator=generator)
+
+
+    def _thinned_trees(self, x0: torch.Tensor, low: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        """Block-max tree channels keeping only blocks more than ``share`` inside: share 0 is the block max itself."""
+        occupancy = block_view((x0[list(TREE_CHANNELS)] > 0).float(), self.factor).mean(dim=(-5, -3, -1))
+        low = low.clone()
+        low[list(TREE_CHANNELS)] = torch.where(occupancy > share, 1.0, -1.0).to(low.dtype)
+        return low
 
 
 def _check_crop(crop_zyx: tuple[int, int, int], shape_zyx: list[int], factor: int) -> None:

@@ -87,7 +87,7 @@ class _Run:
         resume_from = self._find_resume_checkpoint()
         data = self._prepare_data()
         samples = TrainingSamples(data, config.stage, config.seed, config.text_dropout, config.crop,
-                                  config.lr_noise_max)
+                                  config.lr_noise_max, config.tree_thinning)
         parts = self._build(data, resume_from)
         first_step, started = parts.start_step, time.perf_counter()
         checkpoint, loss = self._loop(parts, data, samples, started)

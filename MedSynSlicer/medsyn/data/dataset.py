@@ -39,7 +39,7 @@ class PreparedDataset:
         return self._read(index, "loss_mask")
 
     def lowres(self, index: int) -> torch.Tensor:
-        """(4, d, h, w) low-res volume, made from the SR image as the grid's ``lowres_ct`` says."""
+        """(4, d, h, w) low-res volume, made from the SR image as the grid's ``lowres_ct`` and ``lowres_masks`` say."""
         return self._read(index, "lowres").float()
 
     def image_crop(self, index: int, start_zyx: tuple[int, int, int], size_zyx: tuple[int, int, int]

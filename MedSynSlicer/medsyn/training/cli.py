@@ -8,8 +8,7 @@ from pathlib import Path
 TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps", "batch_size", "grad_accum", "lr",
                  "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
                  "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache", "channel_weights", "lr_noise_max",
-                 "tree_thinning",
-                 "min_snr_gamma", "structure_ct_weights", "init_weights")
+                 "tree_thinning", "min_snr_gamma", "structure_ct_weights", "init_weights")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

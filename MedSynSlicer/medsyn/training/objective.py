@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..data.transforms import TREE_CHANNELS
 from ..diffusion.schedule import NUM_TIMESTEPS, alpha_cumprod, q_sample
 
 
@@ -35,7 +36,7 @@ def structure_ct_weights(x0: torch.Tensor, weights: Sequence[float]) -> Optional
     if all(weight == 1.0 for weight in weights):
         return None
     voxel = torch.ones_like(x0[:, :1])
-    for channel, weight in zip((2, 3), weights):
+    for channel, weight in zip(TREE_CHANNELS, weights):
         inside = x0[:, channel:channel + 1] > 0
         voxel = torch.where(inside, torch.maximum(voxel, torch.full_like(voxel, weight)), voxel)
     return voxel

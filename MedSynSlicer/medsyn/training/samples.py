@@ -133,7 +133,6 @@ class TrainingSamples(torch.utils.data.Dataset):
         alpha = torch.rand((), generator=generator) * self.lr_noise_max
         return (1 - alpha) * x_lr + alpha * torch.randn(x_lr.shape, generator=generator)
 
-
     def _thinned_trees(self, x0: torch.Tensor, low: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
         """Block-max tree channels keeping only blocks more than ``share`` inside: share 0 is the block max itself."""
         occupancy = block_view((x0[list(TREE_CHANNELS)] > 0).float(), self.factor).mean(dim=(-5, -3, -1))

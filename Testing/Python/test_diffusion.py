@@ -55,6 +55,18 @@ def test_ddim_free_running_reproduces_official_eval_run(trace):
     assert torch.allclose((sample + 1) * 0.5, trace[f"{run}.sample"], atol=1e-6)
 
 
+def test_ddim_started_mid_grid_finishes_the_official_run(trace):
+    """start=t (SDEdit, rendered low-res conditions): from the recorded state at grid time 750 the loop visits only
+    the remaining times and ends on the official sample; a time off the grid is refused."""
+    run = "eval_cs1"
+    denoiser = _Replay(trace[f"{run}.net_out_cond"][1:], trace[f"{run}.net_time"][1:])
+    sample = ddim_sample(denoiser, trace[f"{run}.x_t"][1], steps=4, start=750)
+    assert denoiser.calls == 4
+    assert torch.allclose((sample + 1) * 0.5, trace[f"{run}.sample"], atol=1e-6)
+    with pytest.raises(ValueError, match="not a time of the 4-step DDIM grid"):
+        ddim_sample(denoiser, trace[f"{run}.x_t"][1], steps=4, start=700)
+
+
 def test_ddim_teacher_forced_steps(trace):
     run = "eval_cs1"
     grid = ddim_time_grid(4)

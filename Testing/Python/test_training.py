@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from medsyn.cli import main
 from medsyn.codec import encode_volume
 from medsyn.data.dataset import PreparedDataset
 from medsyn.data.manifest import read_manifest
@@ -38,6 +39,7 @@ from medsyn.training.export import export_model
 from medsyn.training.init_weights import init_weight_file
 from medsyn.training.loss_log import read_loss_log
 from medsyn.training.objective import min_snr_weights, x0_loss
+from medsyn.training.rendered_lowres import RenderedLowres, render_lowres
 from medsyn.training.samples import BatchLayout, TrainingSamples
 from medsyn.training.trainer import autocast_dtype, train
 from tiny_model import build_tiny_text_encoder
@@ -296,8 +298,60 @@ def test_tree_thinning_conditions_sr_on_thinner_block_max_trees(workspace):
         subsampled = prepare_dataset(workspace["manifest"], GRID, HU_WINDOW, workspace["root"] / "prepared_plain",
                                      show_progress=False)
         TrainingSamples(PreparedDataset(subsampled), "sr", seed=5, crop=(8, 8), tree_thinning=0.5)
-    with pytest.raises(MedSynError, match="tree_thinning must lie in"):
+    with pytest.raises(MedSynError, match="tree_thinning and rendered_share must lie in"):
         _config(workspace, workspace["root"] / "unused", tree_thinning=1.5)
+
+def test_rendered_lowres_conditions_a_share_of_sr_samples(workspace, uninterrupted_sr, tmp_path):
+    """render-lowres writes the low-res network's SDEdit rendering of every case (deterministic per seed); SR samples
+    then take their condition from it for the asked share, cut at the crop's window; a run records the folder."""
+    lowres_run = train(_config(workspace, tmp_path / "lowres", stage="lowres", steps=1, checkpoint_every=1)).run_dir
+    model = export_model(lowres_run, tmp_path / "model", sr=uninterrupted_sr, name="tiny", license="Apache-2.0",
+                         lowres_steps=10, guidance_scale=2.0)
+    data = PreparedDataset(prepare_dataset(workspace["manifest"], GRID, HU_WINDOW, tmp_path / "prepared_text",
+                                           text_encoder=workspace["encoder"], show_progress=False))
+    folder = render_lowres(model, data.folder, tmp_path / "rendered", (0.3, 0.5), seed=3, batch_size=3,
+                           device="cpu", show_progress=False)
+    again = tmp_path / "again"  # the CLI gives the same files
+    assert main(["render-lowres", "--model", str(model), "--data-cache", str(data.folder), "--out", str(again),
+                 "--noise-range", "0.3,0.5", "--seed", "3", "--batch-size", "3", "--device", "cpu"]) == 0
+    rendered = RenderedLowres(folder, GRID)
+    whole = ((0, 0, 0), (8, 8, 8))
+    for index in range(len(data)):
+        volume = rendered.crop(data.case_id(index), *whole)
+        assert volume.shape == (4, 8, 8, 8) and volume.abs().max() <= 1
+        assert not torch.equal(volume, data.lowres(index))  # the network's rendering, not the truth
+        assert torch.equal(volume, RenderedLowres(again, GRID).crop(data.case_id(index), *whole))
+    starts = {entry["start_time"] for entry in json.loads((folder / "rendered.json").read_text())["cases"].values()}
+    assert starts <= {300, 400, 500}  # the 10-step grid's times inside the noise range
+    torch.testing.assert_close(rendered.crop("case_1", (2, 0, 4), (4, 8, 2)),
+                               rendered.crop("case_1", *whole)[:, 2:6, :, 4:6])
+
+    sr_data = PreparedDataset(workspace["root"] / "prepared_sr")  # made by the reference run
+    always = TrainingSamples(sr_data, "sr", seed=5, crop=(16, 16), lr_noise_max=0.0, rendered=rendered,
+                             rendered_share=1.0)
+    half = TrainingSamples(sr_data, "sr", seed=5, crop=(16, 16), lr_noise_max=0.0, rendered=rendered,
+                           rendered_share=0.5)
+    kinds = set()
+    for position in range(12):
+        index = int(always[position]["case"])
+        own = half.order.case_at(position)
+        assert torch.equal(always[position]["x_lr"][:, ::2, ::2, ::2], rendered.crop(sr_data.case_id(index), *whole))
+        x_lr = half[position]["x_lr"][:, ::2, ::2, ::2]
+        kinds.add("rendered" if torch.equal(x_lr, rendered.crop(sr_data.case_id(own), *whole)) else
+                  "truth" if torch.equal(x_lr, sr_data.lowres(own)) else "neither")
+    assert kinds == {"rendered", "truth"}
+
+    run = train(_config(workspace, tmp_path / "sr", steps=2, checkpoint_every=2, rendered_lowres=folder))
+    assert read_trainer_state(run.checkpoint)["config"]["rendered_lowres"] == str(folder)
+    with pytest.raises(MedSynError, match="another grid"):
+        RenderedLowres(folder, GridCard(**{**asdict(GRID), "lowres_masks": "block_max"}))
+    with pytest.raises(MedSynError, match="case 'case_9' has no rendered low-res volume"):
+        rendered.crop("case_9", *whole)
+    with pytest.raises(MedSynError, match="rendered_lowres conditions the SR stage"):
+        _config(workspace, tmp_path / "unused", stage="lowres", rendered_lowres=folder)
+    with pytest.raises(MedSynError, match="without text features"):
+        render_lowres(model, sr_data.folder, tmp_path / "no_text", device="cpu", show_progress=False)
+
 
 # --- objective and EMA ------------------------------------------------------------------------------------------------
 

@@ -63,14 +63,21 @@ def predict_x0(denoiser: Denoiser, x_t: torch.Tensor, t_raw: int, known: Optiona
 
 def ddim_sample(denoiser: Denoiser, noise: torch.Tensor, steps: int, known: Optional[KnownRegion] = None,
                 callback: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None,
-                stage: str = "lowres", num_timesteps: int = NUM_TIMESTEPS) -> torch.Tensor:
+                stage: str = "lowres", num_timesteps: int = NUM_TIMESTEPS, start: Optional[int] = None
+                ) -> torch.Tensor:
     """Run the official DDIM loop from ``noise``; returns the final state clamped to [-1, 1] (model space).
 
     Each grid time t steps to the next grid time t - Δ; the last (t < Δ) returns x̂0 itself. Progress counts network
-    evaluations; re-noising jumps cost none.
+    evaluations; re-noising jumps cost none. With ``start`` (a raw grid time) ``noise`` is a volume already diffused
+    to that time and the loop begins there (SDEdit: the network re-renders a given volume).
     """
     resampling = known.resampling if known is not None else None
-    times = resampling_times(ddim_time_grid(steps, num_timesteps), resampling)
+    grid = ddim_time_grid(steps, num_timesteps)
+    if start is not None:
+        if start not in grid:
+            raise ValueError(f"start {start} is not a time of the {steps}-step DDIM grid")
+        grid = grid[grid.index(start):]
+    times = resampling_times(grid, resampling)
     generator = torch.Generator().manual_seed(resampling.seed) if resampling is not None else None
     transitions = list(zip(times, times[1:] + [-1]))  # -1 marks the final evaluation
     evaluations = sum(1 for t, t_next in transitions if t_next < t)

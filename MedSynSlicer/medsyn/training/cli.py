@@ -1,4 +1,5 @@
-"""CLI wiring for the training side: ``medsyn train``, ``medsyn export-model`` and ``medsyn pretrain-text``."""
+"""CLI wiring for the training side: ``medsyn train``, ``medsyn render-lowres``, ``medsyn export-model`` and
+``medsyn pretrain-text``."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,8 @@ from pathlib import Path
 TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps", "batch_size", "grad_accum", "lr",
                  "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
                  "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache", "channel_weights", "lr_noise_max",
-                 "tree_thinning", "min_snr_gamma", "structure_ct_weights", "init_weights")
+                 "tree_thinning", "min_snr_gamma", "structure_ct_weights", "init_weights", "rendered_lowres",
+                 "rendered_share")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -19,6 +21,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(config)  # the trainer draws its own progress bar
     print(f"trained {result.steps} steps in {result.wall_time_s:.0f} s; final loss {result.loss:.4f}; "
           f"checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_render_lowres(args: argparse.Namespace) -> int:
+    from .config import parse_weights
+    from .rendered_lowres import render_lowres
+
+    noise_range = parse_weights(args.noise_range, ("low", "high"), "noise range")
+    folder = render_lowres(args.model, Path(args.data_cache), Path(args.out), noise_range, args.seed,
+                           args.batch_size, args.device)
+    print(f"rendered low-res conditions written to {folder}")
     return 0
 
 
@@ -82,9 +95,27 @@ def add_training_commands(sub) -> None:
     p.add_argument("--init-weights", default=None,
                    help="fine-tune: start from this weight file (ours or an official checkpoint) or model folder "
                         "instead of a fresh initialisation; a resumed run continues from its checkpoint instead")
+    p.add_argument("--rendered-lowres", default=None,
+                   help="SR: folder from medsyn render-lowres; a share of samples is conditioned on the low-res "
+                        "network's rendering of the case instead of the case's own low-res volume")
+    p.add_argument("--rendered-share", type=float, default=None,
+                   help="SR: share of samples conditioned on --rendered-lowres (default 0.5 when it is given)")
     p.add_argument("--min-snr-gamma", type=float, default=None,
                    help="weight samples by min(SNR, gamma)/gamma (e.g. 5); default: the official uniform x0 MSE")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("render-lowres", help="render every training case's low-res volume with a low-res network, "
+                                              "for SR training on the inputs it gets at inference")
+    p.add_argument("--model", required=True, help="model folder or name whose low-res stage renders")
+    p.add_argument("--data-cache", required=True,
+                   help="prepared low-res training folder (with text features from the model's text encoder)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--noise-range", default="0.3,0.7",
+                   help="each batch is diffused to a time drawn from LOW,HIGH (0..1) and denoised back")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_render_lowres)
 
     p = sub.add_parser("export-model", help="turn training runs into a model folder with a card")
     p.add_argument("--lowres", required=True, help="low-res run folder, step_N folder or weights file")

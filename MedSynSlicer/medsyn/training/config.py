@@ -50,6 +50,10 @@ class TrainConfig:
     # to the grid. Whole axial planes (D, H, W = the grid's) give GroupNorm the statistics of a whole-volume run
     lr_noise_max: float = 0.4  # SR: x_lr ← (1−a)·x_lr + a·N(0,1), a ~ U(0, lr_noise_max)
     tree_thinning: float = 0.0  # SR on block_max grids: a low-res tree voxel needs a share of its block > τ ~ U(0, max)
+    rendered_lowres: Optional[Path] = None  # SR: ``medsyn render-lowres`` folder, the low-res network's rendering of
+    # each case; a small SR network trained only on true low-res volumes does not recognise the softer, thinner trees
+    # it is given at inference (see rendered_lowres.py)
+    rendered_share: float = 0.5  # SR with rendered_lowres: share of samples conditioned on the rendering
     resample: str = "spacing"  # "spacing" (card spacing + centred pad/crop) or "resize" (whole volume to the grid)
     seed: int = 0
     resume: bool = False
@@ -69,7 +73,7 @@ class TrainConfig:
         if unknown:
             raise MedSynError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
         values = {key: value for key, value in kwargs.items() if value is not None}
-        for key in ("data", "out", "model_config", "text_encoder", "data_cache", "init_weights"):
+        for key in ("data", "out", "model_config", "text_encoder", "data_cache", "init_weights", "rendered_lowres"):
             if key in values:
                 values[key] = Path(values[key])
         if isinstance(values.get("crop"), str):
@@ -91,8 +95,11 @@ class TrainConfig:
                 raise MedSynError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.grad_clip <= 0:
             raise MedSynError("lr and grad_clip must be positive")
-        if not all(0.0 <= value <= 1.0 for value in (self.text_dropout, self.lr_noise_max, self.tree_thinning)):
-            raise MedSynError("text_dropout, lr_noise_max and tree_thinning must lie in [0, 1]")
+        if not all(0.0 <= value <= 1.0 for value in (self.text_dropout, self.lr_noise_max, self.tree_thinning,
+                                                     self.rendered_share)):
+            raise MedSynError("text_dropout, lr_noise_max, tree_thinning and rendered_share must lie in [0, 1]")
+        if self.rendered_lowres is not None and self.stage != "sr":
+            raise MedSynError("rendered_lowres conditions the SR stage; drop it for the low-res stage")
         if len(self.channel_weights) != 4 or min(self.channel_weights) < 0 or max(self.channel_weights) <= 0:
             raise MedSynError(f"channel_weights {self.channel_weights} must be 4 non-negative numbers, not all 0")
         if len(self.structure_ct_weights) != 2 or min(self.structure_ct_weights) <= 0:
@@ -128,15 +135,15 @@ def parse_crop(text: str) -> tuple[int, ...]:
 WEIGHT_NAMES = {"channel_weights": ("CT", "lobes", "airway", "vessels"), "structure_ct_weights": ("airway", "vessels")}
 
 
-def parse_weights(text: str, names: tuple[str, ...]) -> tuple[float, ...]:
+def parse_weights(text: str, names: tuple[str, ...], what: str = "weights") -> tuple[float, ...]:
     """"1,1,4,4" → (1.0, 1.0, 4.0, 4.0): one number per name, comma-separated."""
     example = ",".join(["1"] * len(names))
     try:
         weights = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise MedSynError(f"weights {text!r} must look like {example} ({', '.join(names)})") from None
+        raise MedSynError(f"{what} {text!r} must look like {example} ({', '.join(names)})") from None
     if len(weights) != len(names):
-        raise MedSynError(f"weights {text!r} must have {len(names)} numbers ({', '.join(names)})")
+        raise MedSynError(f"{what} {text!r} must have {len(names)} numbers ({', '.join(names)})")
     return weights
 
 

@@ -93,4 +93,5 @@ def _training_summary(state: dict[str, Any], weight_file: Path) -> dict[str, Any
             "weights": {file: kind for kind, file in WEIGHT_CHOICES.items()}.get(weight_file.name, weight_file.name),
             "global_batch": state["global_batch"], "world_size": state["world_size"], "lr": config["lr"],
             "seed": state["seed"], "data": config["data"], "checkpoint": str(weight_file.parent),
-            "init_weights": config.get("init_weights"), "init_weights_sha256": state.get("init_weights_sha256")}
+            "init_weights": config.get("init_weights"), "init_weights_sha256": state.get("init_weights_sha256"),
+            "rendered_lowres": config.get("rendered_lowres")}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from ..codec import lowres_to_sr_condition
 from ..data.dataset import PreparedDataset
 from ..data.transforms import TREE_CHANNELS, block_view, lowres_on_grid
 from ..errors import MedSynError
+
+if TYPE_CHECKING:  # rendered_lowres draws its noise with this module's seeded_generator
+    from .rendered_lowres import RenderedLowres
 
 ORDER_STREAM, SAMPLE_STREAM = 0, 1
 OFFICIAL_CROP, OFFICIAL_SIZE = 72, 256  # SR training crops 72×72 in-plane at 256³
@@ -77,14 +80,15 @@ class TrainingSamples(torch.utils.data.Dataset):
     """Map-style dataset indexed by position; yields x0, the diffusion time and noise, and the stage's condition."""
 
     def __init__(self, data: PreparedDataset, stage: str, seed: int, text_dropout: float = 0.1,
-                 crop: Optional[tuple[int, ...]] = None, lr_noise_max: float = 0.4, tree_thinning: float = 0.0
-                 ) -> None:
+                 crop: Optional[tuple[int, ...]] = None, lr_noise_max: float = 0.4, tree_thinning: float = 0.0,
+                 rendered: Optional["RenderedLowres"] = None, rendered_share: float = 0.0) -> None:
         self.data, self.stage, self.seed = data, stage, seed
         self.order = DataOrder(len(data), seed)
         self.text_dropout, self.lr_noise_max = text_dropout, lr_noise_max
         if tree_thinning and data.grid.lowres_masks != "block_max":
             raise MedSynError("tree_thinning needs a grid with lowres_masks = block_max (it thins block-max trees)")
         self.tree_thinning = tree_thinning
+        self.rendered, self.rendered_share = rendered, rendered_share
         self.factor = data.grid.sr_factor
         shape_zyx = list(data.grid.shape_zyx)
         crop = crop or default_crop(shape_zyx, self.factor)
@@ -102,15 +106,15 @@ class TrainingSamples(torch.utils.data.Dataset):
             x0 = self.data.lowres(index)
             sample["cond"] = self.data.text_features(index)
         else:
-            x0 = self._random_crop(index, generator)
+            start, x0 = self._random_crop(index, generator)
         sample.update(x0=x0, t=torch.rand((), generator=generator), noise=torch.randn(x0.shape, generator=generator))
         if self.stage == "lowres":
             sample["drop_text"] = torch.rand((), generator=generator) < self.text_dropout
         else:
-            sample["x_lr"] = self._degraded_lowres(x0, generator)
+            sample["x_lr"] = self._degraded_lowres(index, start, x0, generator)
         return sample
 
-    def _random_crop(self, index: int, generator: torch.Generator) -> torch.Tensor:
+    def _random_crop(self, index: int, generator: torch.Generator) -> tuple[tuple[int, int, int], torch.Tensor]:
         """Crop at multiples of the SR factor, so its every f-th voxel lies on the low-res grid (full depth, in-plane
         windows by default as in the official code; a depth slab of whole axial planes when asked for).
 
@@ -119,19 +123,31 @@ class TrainingSamples(torch.utils.data.Dataset):
         (depth, height, width), (crop_d, crop_h, crop_w) = self.data.grid.shape_zyx, self.crop_zyx
         z0 = self._offset(depth, crop_d, generator) if crop_d < depth else 0  # no draw: full-depth runs as before
         start = (z0, self._offset(height, crop_h, generator), self._offset(width, crop_w, generator))
-        return self.data.image_crop(index, start, self.crop_zyx)
+        return start, self.data.image_crop(index, start, self.crop_zyx)
 
     def _offset(self, length: int, size: int, generator: torch.Generator) -> int:
         return self.factor * int(torch.randint((length - size) // self.factor + 1, (), generator=generator))
 
-    def _degraded_lowres(self, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _degraded_lowres(self, index: int, start: tuple[int, int, int], x0: torch.Tensor,
+                         generator: torch.Generator) -> torch.Tensor:
         """Official "gaussian_aug": nearest down/up by f, then x_lr ← (1−a)·x_lr + a·N(0,1) with a ~ U(0, max)."""
-        low = lowres_on_grid(x0, self.data.grid)
-        if self.tree_thinning:  # drawn only when asked for, so runs without it keep their random stream
-            low = self._thinned_trees(x0, low, torch.rand((), generator=generator) * self.tree_thinning)
+        low = self._lowres_condition(index, start, x0, generator)
         x_lr = lowres_to_sr_condition(low[None], self.factor)[0]
         alpha = torch.rand((), generator=generator) * self.lr_noise_max
         return (1 - alpha) * x_lr + alpha * torch.randn(x_lr.shape, generator=generator)
+
+    def _lowres_condition(self, index: int, start: tuple[int, int, int], x0: torch.Tensor,
+                          generator: torch.Generator) -> torch.Tensor:
+        """The crop's low-res volume: the low-res network's rendering of the case for a ``rendered_share`` of samples,
+        else cut from the crop itself (trees thinned when asked for). Draws happen only for the options in use, so
+        runs without them keep their random stream."""
+        if self.rendered is not None and torch.rand((), generator=generator) < self.rendered_share:
+            window = tuple(offset // self.factor for offset in start), tuple(s // self.factor for s in x0.shape[1:])
+            return self.rendered.crop(self.data.case_id(index), *window)
+        low = lowres_on_grid(x0, self.data.grid)
+        if self.tree_thinning:
+            low = self._thinned_trees(x0, low, torch.rand((), generator=generator) * self.tree_thinning)
+        return low
 
     def _thinned_trees(self, x0: torch.Tensor, low: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
         """Block-max tree channels keeping only blocks more than ``share`` inside: share 0 is the block max itself."""

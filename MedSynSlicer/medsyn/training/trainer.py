@@ -27,6 +27,7 @@ from .ema import EMA, STAGE_DEFAULTS
 from .init_weights import load_init_weights
 from .loss_log import LossLog
 from .objective import x0_loss
+from .rendered_lowres import RenderedLowres
 from .samples import BatchLayout, TrainingSamples
 
 STATE_FORMAT = 1
@@ -86,8 +87,9 @@ class _Run:
         config = self.config
         resume_from = self._find_resume_checkpoint()
         data = self._prepare_data()
+        rendered = None if config.rendered_lowres is None else RenderedLowres(config.rendered_lowres, data.grid)
         samples = TrainingSamples(data, config.stage, config.seed, config.text_dropout, config.crop,
-                                  config.lr_noise_max, config.tree_thinning)
+                                  config.lr_noise_max, config.tree_thinning, rendered, config.rendered_share)
         parts = self._build(data, resume_from)
         first_step, started = parts.start_step, time.perf_counter()
         checkpoint, loss = self._loop(parts, data, samples, started)

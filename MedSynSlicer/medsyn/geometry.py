@@ -112,6 +112,17 @@ class Grid:
             origin_lps=origin,
         )
 
+    def upsampled(self, factor: int, block_centres: bool = False) -> "Grid":
+        """The full-res grid whose ``downsampled(factor, block_centres)`` is this grid: each voxel's f³ block."""
+        if factor < 1:
+            raise MedSynError(f"the up-sampling factor must be at least 1, got {factor}")
+        fine = replace(self, shape_zyx=tuple(n * factor for n in self.shape_zyx),
+                       spacing_xyz=tuple(s / factor for s in self.spacing_xyz))
+        if not block_centres:
+            return fine
+        shift = fine.index_to_lps_affine()[:3, :3] @ np.full(3, (factor - 1) / 2.0)
+        return replace(fine, origin_lps=tuple(np.asarray(self.origin_lps) - shift))
+
     @classmethod
     def centered(
         cls,

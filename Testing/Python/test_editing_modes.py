@@ -3,6 +3,7 @@ LPS, RAS and oblique inputs: what must be kept is kept bit for bit, what must be
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ from editing_volumes import LPS, RAS, ball, centred_grid, chest_ct, oblique
 from medsyn.codec import decode_volume
 from medsyn.diffusion.known_region import Resampling
 from medsyn.editing import api
-from medsyn.editing.engine import model_grid_for
+from medsyn.editing.canonical import fov_centre_lps
+from medsyn.editing.engine import SamplingOptions, model_grid_for, run_edit
 from medsyn.editing.known import KnownVolume, encode_known, known_regions
-from medsyn.editing.masks import load_anatomy
-from medsyn.editing.modes import conditioned_request
+from medsyn.editing.masks import LabelVolume, load_anatomy
+from medsyn.editing.modes import conditioned_request, inpaint_request
 from medsyn.io.segmentation import read_seg_nrrd, write_seg_nrrd
 from medsyn.io.volumes import read_volume, write_volume
 from medsyn.models.loaded import load_model
@@ -189,6 +191,36 @@ def test_block_max_models_get_block_maxima_of_the_given_trees_as_low_res_known_v
         assert np.flatnonzero(low.values[0, channel].numpy() > 0).tolist() == [0 * 16 + 1 * 4 + 2]
     subsampled, _ = known_regions(volume, 2)
     assert not (subsampled.values[0, 2:].numpy() > 0).any()
+
+
+@pytest.mark.parametrize("lowres_ct, lowres_masks", [("subsample", "subsample"), ("block_mean", "block_max")])
+def test_low_res_only_edits_reduce_the_given_ct_and_trees_as_the_model_was_trained(lowres_ct, lowres_masks, tmp_path):
+    """A low-res-only edit runs on the low-res grid, but a block-mean/block-max model must still be shown block means
+    of the given CT and block maxima of the given trees, not the values at its voxel centres (4³ blocks: trilinear
+    interpolation at a block centre averages only its central 2³ voxels, and nearest misses a corner voxel)."""
+    plain = load_model(str(build_tiny_model(tmp_path / "tiny4", sr_factor=4)), device="cpu")
+    grid_card = replace(plain.card.grid, lowres_ct=lowres_ct, lowres_masks=lowres_masks)
+    model = replace(plain, card=replace(plain.card, grid=grid_card))
+    grid, factor = model_grid_for(model, low_res_only=False)
+    rng = np.random.default_rng(5)
+    ct = rng.integers(-1000, 400, size=grid.shape_zyx).astype(np.int16)
+    airway = np.zeros(grid.shape_zyx, dtype=np.uint8)
+    airway[5, 9, 14] = 1  # one voxel of a thin bronchus, off every subsampled voxel and every block centre
+    edit = np.zeros(grid.shape_zyx, dtype=bool)
+    edit[:factor, :factor, :factor] = True  # the first low-res voxel is regenerated, the rest is given
+    low_grid = grid.downsampled(factor, block_centres=lowres_ct == "block_mean")  # centred on it: blocks align
+    request = inpaint_request(ct, grid, edit, {"airway": LabelVolume(airway, grid, Path("airway.nii.gz"))},
+                              centre_lps=fov_centre_lps(low_grid))
+    result = run_edit(model, request, SamplingOptions("Cardiomegaly.", seed=1, steps=2, low_res_only=True,
+                                                      local=False))
+    blocks = ct.reshape(grid.shape_zyx[0] // factor, factor, grid.shape_zyx[1] // factor, factor,
+                        grid.shape_zyx[2] // factor, factor)
+    expected = blocks.mean(axis=(1, 3, 5)) if lowres_ct == "block_mean" else ct[::factor, ::factor, ::factor]
+    sampled = result.sampled.ct_hu.astype(np.float64)
+    np.testing.assert_allclose(sampled.ravel()[1:], expected.ravel()[1:], atol=1.0)  # int16 rounding
+    bronchus_block = (5 // factor, 9 // factor, 14 // factor)
+    assert result.sampled.airway[bronchus_block] == (lowres_masks == "block_max")
+    assert result.sampled.airway.sum() == int(lowres_masks == "block_max")
 
 
 def test_whole_volume_super_resolution_matches_the_pipeline(loaded):

@@ -106,6 +106,18 @@ def test_block_centre_grid_sits_at_the_mean_position_of_each_block():
     np.testing.assert_allclose(_world_lps(low), blocks, atol=1e-9)
 
 
+@pytest.mark.parametrize("block_centres", [False, True], ids=["subsample", "block_centres"])
+def test_upsampled_grid_is_the_full_res_grid_a_low_res_grid_came_from(block_centres):
+    grid = Grid((8, 12, 16), (0.7, 0.9, 1.1), (5.0, 6.0, -7.0), PERMUTED)
+    low = grid.downsampled(4, block_centres=block_centres)
+    fine = low.upsampled(4, block_centres=block_centres)
+    assert fine.shape_zyx == grid.shape_zyx and fine.direction_lps == grid.direction_lps
+    np.testing.assert_allclose(fine.spacing_xyz, grid.spacing_xyz, atol=1e-12)
+    np.testing.assert_allclose(_world_lps(fine), _world_lps(grid), atol=1e-9)
+    with pytest.raises(MedSynError, match="at least 1"):
+        low.upsampled(0)
+
+
 def test_centered_grid_has_its_field_of_view_centre_at_origin():
     grid = Grid.centered((4, 6, 9), (0.5, 1.5, 3.0), PERMUTED)
     world = _world_lps(grid)

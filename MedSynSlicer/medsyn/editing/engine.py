@@ -16,6 +16,7 @@ from medsyn.codec import DecodedVolume, decode_volume
 from medsyn.diffusion.known_region import Resampling
 from medsyn.errors import MedSynError
 from medsyn.geometry import Grid
+from medsyn.models.card import GridCard
 from medsyn.models.loaded import LoadedModel
 from medsyn.pipeline import Box, MedSynPipeline, describe_plan, model_grids, seed_noise
 from medsyn.presets import PerformanceOptions
@@ -23,7 +24,7 @@ from medsyn.progress import CancelToken, ProgressCallback
 
 from .canonical import canonical_grid
 from .composite import to_output_grid
-from .known import KnownChannel, encode_known, known_regions
+from .known import KnownChannel, KnownVolume, encode_known, known_regions
 from .edit_window import lowres_window, sr_box
 from .resample import field_of_view, touched
 from .seam import check_blend_width
@@ -94,7 +95,7 @@ def run_edit(loaded: LoadedModel, request: EditRequest, options: SamplingOptions
     model_grid, factor = model_grid_for(loaded, options.low_res_only)
     canonical = canonical_grid(model_grid, request.grid, request.centre_lps)
     beyond = _beyond_model(request, canonical)
-    known_low, known_full = known_regions(encode_known(request.channels, request.grid, canonical, window), factor,
+    known_low, known_full = known_regions(*_encoded_known(request, canonical, factor, card.grid, window),
                                           options.feather_voxels, options.resampling, card.grid.lowres_ct,
                                           card.grid.lowres_masks)
     pipeline = MedSynPipeline(loaded, PerformanceOptions(precision=options.precision, sr_tile=options.sr_tile))
@@ -116,6 +117,20 @@ def run_edit(loaded: LoadedModel, request: EditRequest, options: SamplingOptions
     decoded = decode_volume(x[0].float().numpy(), window)
     arrays = to_output_grid(decoded, canonical, request.grid, request.channels, window, options.seam_blend_mm)
     return EditResult(arrays, request.grid, decoded, canonical, low_box, box, settings)
+
+
+def _encoded_known(request: EditRequest, canonical: Grid, factor: int, grid_card: GridCard,
+                   window: tuple[float, float]) -> tuple[KnownVolume, int]:
+    """The known channels encoded on a full-res grid, and its factor to the low-res grid.
+
+    A low-res-only edit (factor 1) is encoded on the full-res grid behind its canonical grid, then reduced at low
+    res like the model's training data were. With block means or block maxima that is not the same as sampling the
+    given CT and masks at the low-res voxel centres.
+    """
+    if factor > 1:
+        return encode_known(request.channels, request.grid, canonical, window), factor
+    fine = canonical.upsampled(grid_card.sr_factor, block_centres=grid_card.lowres_ct == "block_mean")
+    return encode_known(request.channels, request.grid, fine, window), grid_card.sr_factor
 
 
 def _local_windows(loaded: LoadedModel, request: EditRequest, canonical: Grid, factor: int

@@ -25,10 +25,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_render_lowres(args: argparse.Namespace) -> int:
-    from .config import parse_weights
+    from .config import parse_numbers
     from .rendered_lowres import render_lowres
 
-    noise_range = parse_weights(args.noise_range, ("low", "high"), "noise range")
+    noise_range = parse_numbers(args.noise_range, ("low", "high"), "noise range")
     folder = render_lowres(args.model, Path(args.data_cache), Path(args.out), noise_range, args.seed,
                            args.batch_size, args.device)
     print(f"rendered low-res conditions written to {folder}")

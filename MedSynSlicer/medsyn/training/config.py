@@ -80,7 +80,7 @@ class TrainConfig:
             values["crop"] = parse_crop(values["crop"])
         for key, names in WEIGHT_NAMES.items():
             if isinstance(values.get(key), str):
-                values[key] = parse_weights(values[key], names)
+                values[key] = parse_numbers(values[key], names)
         config = cls(**values)
         config.validate()
         return config
@@ -135,8 +135,8 @@ def parse_crop(text: str) -> tuple[int, ...]:
 WEIGHT_NAMES = {"channel_weights": ("CT", "lobes", "airway", "vessels"), "structure_ct_weights": ("airway", "vessels")}
 
 
-def parse_weights(text: str, names: tuple[str, ...], what: str = "weights") -> tuple[float, ...]:
-    """"1,1,4,4" → (1.0, 1.0, 4.0, 4.0): one number per name, comma-separated."""
+def parse_numbers(text: str, names: tuple[str, ...], what: str = "weights") -> tuple[float, ...]:
+    """"1,1,4,4" → (1.0, 1.0, 4.0, 4.0): one number per name, comma-separated (weights, a noise range)."""
     example = ",".join(["1"] * len(names))
     try:
         weights = tuple(float(part) for part in text.split(","))

@@ -53,7 +53,7 @@ def render_lowres(model: str | Path, data_folder: Path, out_dir: Path, noise_ran
                           "encoder (the low-res training folder has them)")
     loaded = load_model(str(model), device)
     card = loaded.card
-    if data.grid.to_lowres_grid().shape_zyx != card.grid.to_lowres_grid().shape_zyx:
+    if data.grid != card.grid:  # the same check RenderedLowres makes against the SR data
         raise MedSynError(f"{data_folder} is prepared on another grid than model {card.name}; prepare it with the "
                           "model's card")
     steps, guidance = card.lowres.steps, card.lowres.guidance_scale

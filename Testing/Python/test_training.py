@@ -301,6 +301,35 @@ def test_tree_thinning_conditions_sr_on_thinner_block_max_trees(workspace):
     with pytest.raises(MedSynError, match="tree_thinning and rendered_share must lie in"):
         _config(workspace, workspace["root"] / "unused", tree_thinning=1.5)
 
+def test_lowres_mask_dropout_blanks_a_share_of_the_sr_condition(workspace, tmp_path):
+    """--lowres-mask-dropout blanks a mask channel of the SR stage's low-res condition to background at its chance
+    (so the SR stage must draw that structure from the CT); targets and the other channels stay; only SR runs."""
+    data = PreparedDataset(prepare_dataset(workspace["manifest"], GRID, HU_WINDOW, workspace["root"] / "prepared_drop",
+                                           show_progress=False))
+    plain = TrainingSamples(data, "sr", seed=5, crop=(8, 8), lr_noise_max=0.0)
+    always = TrainingSamples(data, "sr", seed=5, crop=(8, 8), lr_noise_max=0.0, mask_dropout=(0.0, 1.0, 0.0))
+    half = TrainingSamples(data, "sr", seed=5, crop=(8, 8), lr_noise_max=0.0, mask_dropout=(0.0, 0.5, 0.0))
+    blanked = []
+    for position in range(12):
+        full, dropped, maybe = plain[position], always[position], half[position]
+        assert torch.equal(full["x0"], dropped["x0"]) and torch.equal(full["x0"], maybe["x0"])
+        assert torch.all(dropped["x_lr"][2] == -1.0)
+        kept = [0, 1, 3]
+        assert torch.equal(full["x_lr"][kept], dropped["x_lr"][kept])
+        assert torch.equal(full["x_lr"][kept], maybe["x_lr"][kept])
+        blanked.append(bool(torch.all(maybe["x_lr"][2] == -1.0)))
+        assert blanked[-1] or torch.equal(full["x_lr"][2], maybe["x_lr"][2])
+    assert any((plain[position]["x_lr"][2] > 0).any() for position in range(12))  # the crops hold airway to blank
+    assert 0 < sum(blanked) < len(blanked)
+    assert _config(workspace, tmp_path / "ok", lowres_mask_dropout="0,0.5,0").lowres_mask_dropout == (0.0, 0.5, 0.0)
+    with pytest.raises(MedSynError, match="3 numbers"):
+        _config(workspace, tmp_path / "bad", lowres_mask_dropout="0.5")
+    with pytest.raises(MedSynError, match=r"3 chances in \[0, 1\]"):
+        _config(workspace, tmp_path / "bad", lowres_mask_dropout="0,1.5,0")
+    with pytest.raises(MedSynError, match="drop it for the low-res stage"):
+        _config(workspace, tmp_path / "bad", stage="lowres", lowres_mask_dropout="0,0.5,0")
+
+
 def test_rendered_lowres_conditions_a_share_of_sr_samples(workspace, uninterrupted_sr, tmp_path):
     """render-lowres writes the low-res network's SDEdit rendering of every case (deterministic per seed); SR samples
     then take their condition from it for the asked share, cut at the crop's window; a run records the folder."""

@@ -10,7 +10,7 @@ TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps"
                  "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
                  "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache", "channel_weights", "lr_noise_max",
                  "tree_thinning", "min_snr_gamma", "structure_ct_weights", "init_weights", "rendered_lowres",
-                 "rendered_share")
+                 "rendered_share", "lowres_mask_dropout")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -100,6 +100,10 @@ def add_training_commands(sub) -> None:
                         "network's rendering of the case instead of the case's own low-res volume")
     p.add_argument("--rendered-share", type=float, default=None,
                    help="SR: share of samples conditioned on --rendered-lowres (default 0.5 when it is given)")
+    p.add_argument("--lowres-mask-dropout", default=None,
+                   help="SR: chance per sample that the low-res lobes,airway,vessels channel of the condition is "
+                        "blanked (default 0,0,0; e.g. 0,0.5,0 so the SR stage learns to draw the airway from the CT "
+                        "when the low-res network leaves that channel empty)")
     p.add_argument("--min-snr-gamma", type=float, default=None,
                    help="weight samples by min(SNR, gamma)/gamma (e.g. 5); default: the official uniform x0 MSE")
     p.set_defaults(func=cmd_train)

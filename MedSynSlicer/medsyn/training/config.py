@@ -54,6 +54,9 @@ class TrainConfig:
     # each case; a small SR network trained only on true low-res volumes does not recognise the softer, thinner trees
     # it is given at inference (see rendered_lowres.py)
     rendered_share: float = 0.5  # SR with rendered_lowres: share of samples conditioned on the rendering
+    lowres_mask_dropout: tuple[float, float, float] = (0.0, 0.0, 0.0)  # SR: chance per sample that the conditioning's
+    # lobe, airway, vessel channel is blanked to background, so the SR stage learns to draw that structure from the
+    # CT when a low-res network leaves its channel empty (the demo low-res network never commits to thin trees)
     resample: str = "spacing"  # "spacing" (card spacing + centred pad/crop) or "resize" (whole volume to the grid)
     seed: int = 0
     resume: bool = False
@@ -67,7 +70,8 @@ class TrainConfig:
     @classmethod
     def from_cli_args(cls, **kwargs: Any) -> "TrainConfig":
         """Build from CLI values: None means "use the default", ``crop`` may be "HxW" or "DxHxW" and
-        ``channel_weights`` "1,1,4,4", ``structure_ct_weights`` "10,1", paths may be strings."""
+        ``channel_weights`` "1,1,4,4", ``structure_ct_weights`` "10,1", ``lowres_mask_dropout`` "0,0.5,0", paths may
+        be strings."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
@@ -78,9 +82,9 @@ class TrainConfig:
                 values[key] = Path(values[key])
         if isinstance(values.get("crop"), str):
             values["crop"] = parse_crop(values["crop"])
-        for key, names in WEIGHT_NAMES.items():
+        for key, (names, what) in NUMBER_LISTS.items():
             if isinstance(values.get(key), str):
-                values[key] = parse_numbers(values[key], names)
+                values[key] = parse_numbers(values[key], names, what)
         config = cls(**values)
         config.validate()
         return config
@@ -100,6 +104,12 @@ class TrainConfig:
             raise MedSynError("text_dropout, lr_noise_max, tree_thinning and rendered_share must lie in [0, 1]")
         if self.rendered_lowres is not None and self.stage != "sr":
             raise MedSynError("rendered_lowres conditions the SR stage; drop it for the low-res stage")
+        if len(self.lowres_mask_dropout) != 3 or not all(0.0 <= p <= 1.0 for p in self.lowres_mask_dropout):
+            raise MedSynError(f"lowres_mask_dropout {self.lowres_mask_dropout} must be 3 chances in [0, 1] "
+                              "(lobes, airway, vessels)")
+        if any(self.lowres_mask_dropout) and self.stage != "sr":
+            raise MedSynError("lowres_mask_dropout blanks the SR stage's low-res condition; drop it for the low-res "
+                              "stage")
         if len(self.channel_weights) != 4 or min(self.channel_weights) < 0 or max(self.channel_weights) <= 0:
             raise MedSynError(f"channel_weights {self.channel_weights} must be 4 non-negative numbers, not all 0")
         if len(self.structure_ct_weights) != 2 or min(self.structure_ct_weights) <= 0:
@@ -132,7 +142,9 @@ def parse_crop(text: str) -> tuple[int, ...]:
     return sizes
 
 
-WEIGHT_NAMES = {"channel_weights": ("CT", "lobes", "airway", "vessels"), "structure_ct_weights": ("airway", "vessels")}
+NUMBER_LISTS = {"channel_weights": (("CT", "lobes", "airway", "vessels"), "channel weights"),
+                "structure_ct_weights": (("airway", "vessels"), "structure CT weights"),
+                "lowres_mask_dropout": (("lobes", "airway", "vessels"), "low-res mask dropout")}
 
 
 def parse_numbers(text: str, names: tuple[str, ...], what: str = "weights") -> tuple[float, ...]:

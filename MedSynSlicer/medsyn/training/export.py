@@ -94,4 +94,4 @@ def _training_summary(state: dict[str, Any], weight_file: Path) -> dict[str, Any
             "global_batch": state["global_batch"], "world_size": state["world_size"], "lr": config["lr"],
             "seed": state["seed"], "data": config["data"], "checkpoint": str(weight_file.parent),
             "init_weights": config.get("init_weights"), "init_weights_sha256": state.get("init_weights_sha256"),
-            "rendered_lowres": config.get("rendered_lowres")}
+            "rendered_lowres": config.get("rendered_lowres"), "lowres_mask_dropout": config.get("lowres_mask_dropout")}

@@ -81,7 +81,8 @@ class TrainingSamples(torch.utils.data.Dataset):
 
     def __init__(self, data: PreparedDataset, stage: str, seed: int, text_dropout: float = 0.1,
                  crop: Optional[tuple[int, ...]] = None, lr_noise_max: float = 0.4, tree_thinning: float = 0.0,
-                 rendered: Optional["RenderedLowres"] = None, rendered_share: float = 0.0) -> None:
+                 rendered: Optional["RenderedLowres"] = None, rendered_share: float = 0.0,
+                 mask_dropout: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
         self.data, self.stage, self.seed = data, stage, seed
         self.order = DataOrder(len(data), seed)
         self.text_dropout, self.lr_noise_max = text_dropout, lr_noise_max
@@ -89,6 +90,7 @@ class TrainingSamples(torch.utils.data.Dataset):
             raise MedSynError("tree_thinning needs a grid with lowres_masks = block_max (it thins block-max trees)")
         self.tree_thinning = tree_thinning
         self.rendered, self.rendered_share = rendered, rendered_share
+        self.mask_dropout = mask_dropout
         self.factor = data.grid.sr_factor
         shape_zyx = list(data.grid.shape_zyx)
         crop = crop or default_crop(shape_zyx, self.factor)
@@ -139,14 +141,23 @@ class TrainingSamples(torch.utils.data.Dataset):
     def _lowres_condition(self, index: int, start: tuple[int, int, int], x0: torch.Tensor,
                           generator: torch.Generator) -> torch.Tensor:
         """The crop's low-res volume: the low-res network's rendering of the case for a ``rendered_share`` of samples,
-        else cut from the crop itself (trees thinned when asked for). Draws happen only for the options in use, so
-        runs without them keep their random stream."""
+        else cut from the crop itself (trees thinned when asked for), then mask channels blanked at their dropout
+        chance. Draws happen only for the options in use, so runs without them keep their random stream."""
         if self.rendered is not None and torch.rand((), generator=generator) < self.rendered_share:
             window = tuple(offset // self.factor for offset in start), tuple(s // self.factor for s in x0.shape[1:])
-            return self.rendered.crop(self.data.case_id(index), *window)
-        low = lowres_on_grid(x0, self.data.grid)
-        if self.tree_thinning:
-            low = self._thinned_trees(x0, low, torch.rand((), generator=generator) * self.tree_thinning)
+            low = self.rendered.crop(self.data.case_id(index), *window)
+        else:
+            low = lowres_on_grid(x0, self.data.grid)
+            if self.tree_thinning:
+                low = self._thinned_trees(x0, low, torch.rand((), generator=generator) * self.tree_thinning)
+        return self._masks_dropped(low, generator)
+
+    def _masks_dropped(self, low: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Blank each mask channel (lobes, airway, vessels) to background (-1) at its dropout chance."""
+        for channel, chance in enumerate(self.mask_dropout, start=1):
+            if chance and torch.rand((), generator=generator) < chance:
+                low = low.clone()
+                low[channel] = -1.0
         return low
 
     def _thinned_trees(self, x0: torch.Tensor, low: torch.Tensor, share: torch.Tensor) -> torch.Tensor:

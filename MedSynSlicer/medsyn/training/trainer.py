@@ -89,7 +89,8 @@ class _Run:
         data = self._prepare_data()
         rendered = None if config.rendered_lowres is None else RenderedLowres(config.rendered_lowres, data.grid)
         samples = TrainingSamples(data, config.stage, config.seed, config.text_dropout, config.crop,
-                                  config.lr_noise_max, config.tree_thinning, rendered, config.rendered_share)
+                                  config.lr_noise_max, config.tree_thinning, rendered, config.rendered_share,
+                                  config.lowres_mask_dropout)
         parts = self._build(data, resume_from)
         first_step, started = parts.start_step, time.perf_counter()
         checkpoint, loss = self._loop(parts, data, samples, started)

@@ -154,10 +154,11 @@ class TrainingSamples(torch.utils.data.Dataset):
 
     def _masks_dropped(self, low: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Blank each mask channel (lobes, airway, vessels) to background (-1) at its dropout chance."""
-        for channel, chance in enumerate(self.mask_dropout, start=1):
-            if chance and torch.rand((), generator=generator) < chance:
-                low = low.clone()
-                low[channel] = -1.0
+        blanked = [channel for channel, chance in enumerate(self.mask_dropout, start=1)
+                   if chance and torch.rand((), generator=generator) < chance]
+        if blanked:
+            low = low.clone()  # a subsampled low-res volume is a view of x0, the target
+            low[blanked] = -1.0
         return low
 
     def _thinned_trees(self, x0: torch.Tensor, low: torch.Tensor, share: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from medsyn.cli import main
-from medsyn.codec import encode_volume
+from medsyn.codec import encode_volume, hu_to_model
 from medsyn.data.dataset import PreparedDataset
 from medsyn.data.manifest import read_manifest
 from medsyn.data.prepare import prepare_dataset
@@ -38,7 +38,7 @@ from medsyn.training.ema import EMA
 from medsyn.training.export import export_model
 from medsyn.training.init_weights import init_weight_file
 from medsyn.training.loss_log import read_loss_log
-from medsyn.training.objective import min_snr_weights, x0_loss
+from medsyn.training.objective import ct_voxel_weights, min_snr_weights, x0_loss
 from medsyn.training.rendered_lowres import RenderedLowres, render_lowres
 from medsyn.training.samples import BatchLayout, TrainingSamples
 from medsyn.training.trainer import autocast_dtype, train
@@ -278,6 +278,19 @@ def test_block_max_lowres_keeps_thin_trees_connected_and_the_rest_subsampled(wor
     with pytest.raises(MedSynError, match="unknown low-res mask reduction"):
         lowres_of(image, 2, masks="any")
 
+def test_block_max_airway_takes_the_block_max_of_the_airway_only():
+    """lowres_masks = "block_max_airway": the airway as block maxima, the vessels (and CT, lobes) subsampled."""
+    torch.manual_seed(0)
+    volume = torch.rand(4, 8, 8, 8) * 2 - 1
+    volume[2:] = -1.0
+    volume[2:, 1, 2, 3] = 1.0  # one airway and one vessel voxel, both off the subsampling lattice
+    low = lowres_of(volume, 2, masks="block_max_airway")
+    assert low[2, 0, 1, 1] == 1.0 and (low[2] > 0).sum() == 1  # the airway voxel's block
+    assert (low[3] > 0).sum() == 0  # the vessel voxel is missed, as subsampling misses it
+    torch.testing.assert_close(low[:2], volume[:2, ::2, ::2, ::2])
+    torch.testing.assert_close(low[3], volume[3, ::2, ::2, ::2])
+
+
 def test_tree_thinning_conditions_sr_on_thinner_block_max_trees(workspace):
     """--tree-thinning keeps a low-res tree voxel only when more than a random share of its block is inside: never a
     voxel the block max lacks, sometimes fewer; CT and lobes untouched; 0 is the block max; subsample grids refuse it."""
@@ -435,6 +448,33 @@ def test_structure_weights_scale_the_ct_error_inside_the_target_airway_and_vesse
                                squared.mean())
 
 
+def test_fluid_weight_scales_the_ct_error_where_the_target_is_fluid_outside_the_lungs():
+    torch.manual_seed(0)
+    net = LowResConfig.from_dict(NETWORKS["lowres"]).build()
+    fluid, muscle = (float(hu_to_model(hu)) for hu in (8.0, 50.0))
+    x0, noise, cond = torch.full((1, 4, 8, 8, 8), -1.0), torch.randn(1, 4, 8, 8, 8), torch.randn(1, 192, 8)
+    x0[:, 0] = muscle
+    x0[:, 0, :, :, :4] = fluid  # fluid-dense half ...
+    x0[:, 1, :, :4] = 0.2  # ... of which the front half is inside a lobe (consolidation, not pleural fluid)
+    t = torch.tensor([0.2])
+    batch = {"x0": x0, "noise": noise, "t": t, "cond": cond, "loss_mask": torch.ones(1, 4),
+             "drop_text": torch.tensor([False])}
+    squared = (net(q_sample(x0, t, noise), t * 1000, cond) - x0) ** 2
+    voxel = torch.ones(1, 1, 8, 8, 8)
+    voxel[:, :, :, 4:, :4] = 5.0  # fluid density, outside the lobes
+    expected = ((squared[:, :1] * voxel).sum() + squared[:, 1:].sum()) / squared.numel()
+    torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres", fluid_weight=5.0), expected)
+    torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres"), squared.mean())
+    # The band follows the model's HU window: under a window where 8 HU maps elsewhere, nothing is fluid.
+    assert ct_voxel_weights(x0, (1.0, 1.0), 5.0, (0.0, 1000.0)).eq(1.0).all()
+
+
+def test_fluid_ct_weight_must_be_positive(workspace, tmp_path):
+    assert _config(workspace, tmp_path / "ok", fluid_ct_weight=10.0).fluid_ct_weight == 10.0
+    with pytest.raises(MedSynError, match="fluid_ct_weight must be positive"):
+        _config(workspace, tmp_path / "bad", fluid_ct_weight=0.0)
+
+
 @pytest.mark.parametrize("text, message", [("10", "2 numbers"), ("0,1", "2 positive numbers"),
                                            ("ten,1", "look like")])
 def test_structure_ct_weights_are_parsed_and_validated(workspace, tmp_path, text, message):
@@ -498,6 +538,7 @@ def test_lowres_loss_decreases_and_export_loads(workspace, uninterrupted_sr, tmp
         assert stage_card.sha256 == sha256_file(model_dir / stage_card.weights)
         assert sha256_file(model_dir / stage_card.weights) == sha256_file(latest_checkpoint(run) / "ema.safetensors")
         assert card.training[stage]["steps"] == (30 if stage == "lowres" else 6)
+        assert card.training[stage]["loss_weights"]["fluid_ct_weight"] == 1.0  # the loss it was trained with
     assert card.grid == GRID and card.text_encoder == "text_encoder"
     loaded = load_model(str(model_dir), device="cpu")  # the pipeline's own loader accepts the folder
     assert loaded.lowres.null_cond_emb.shape == (1, 192, 8)

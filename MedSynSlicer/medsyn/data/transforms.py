@@ -21,6 +21,7 @@ MAX_LABEL = {"lobes": NUM_LOBE_LABELS, "airway": 1, "vessels": 1}
 UNKNOWN_VALUE = 0.0  # mid-range of model space: says nothing about the structure; its loss is masked out anyway
 RESAMPLE_MODES = ("spacing", "resize")
 TREE_CHANNELS = (2, 3)  # airway, vessels: thin binary trees
+BLOCK_MAX_CHANNELS = {"subsample": (), "block_max": TREE_CHANNELS, "block_max_airway": (2,)}  # per lowres_masks
 
 
 def axis_codes(grid: GridCard) -> str:
@@ -34,7 +35,8 @@ def lowres_of(volume: torch.Tensor, factor: int, ct: str = "subsample", masks: s
     """Low-res of a (..., 4, D, H, W) model-space volume: every ``factor``-th voxel, exactly how the official low-res
     data were made. A model card's ``grid.lowres_ct = "block_mean"`` makes channel 0 the factor³-block mean;
     ``grid.lowres_masks = "block_max"`` makes the airway and vessel channels the block maximum (inside where any voxel
-    of the block is, the block nearest upsampling maps the low-res voxel back onto)."""
+    of the block is, the block nearest upsampling maps the low-res voxel back onto), ``"block_max_airway"`` the
+    airway channel only."""
     if ct not in LOWRES_CT_REDUCTIONS:
         raise MedSynError(f"unknown low-res CT reduction {ct!r}; use one of {list(LOWRES_CT_REDUCTIONS)}")
     if masks not in LOWRES_MASK_REDUCTIONS:
@@ -45,9 +47,8 @@ def lowres_of(volume: torch.Tensor, factor: int, ct: str = "subsample", masks: s
     channels = list(low.unbind(dim=-4))
     if ct == "block_mean":
         channels[0] = block_view(volume[..., 0, :, :, :], factor).mean(dim=(-5, -3, -1)).to(volume.dtype)
-    if masks == "block_max":
-        for index in TREE_CHANNELS:
-            channels[index] = block_view(volume[..., index, :, :, :], factor).amax(dim=(-5, -3, -1)).to(volume.dtype)
+    for index in BLOCK_MAX_CHANNELS[masks]:
+        channels[index] = block_view(volume[..., index, :, :, :], factor).amax(dim=(-5, -3, -1)).to(volume.dtype)
     return torch.stack(channels, dim=-4)
 
 

@@ -20,7 +20,7 @@ CARD_FILE = "model_card.json"
 FORMAT_VERSION = 1
 CHANNELS = ("ct", "lobes", "airway", "vessels")
 LOWRES_CT_REDUCTIONS = ("subsample", "block_mean")
-LOWRES_MASK_REDUCTIONS = ("subsample", "block_max")
+LOWRES_MASK_REDUCTIONS = ("subsample", "block_max", "block_max_airway")
 LOBE_LABELS = {"LUL": 1, "LLL": 2, "RUL": 3, "RML": 4, "RLL": 5}
 
 
@@ -44,8 +44,10 @@ class GridCard:
     ``sr_factor``-th voxel, the official data) or ``"block_mean"`` (the mean of each sr_factor³ block, free of
     subsampling's aliasing; a training option, see docs/training-data.md). ``lowres_masks`` says the same for the
     airway and vessel channels: ``"subsample"`` (official) or ``"block_max"`` (inside where any voxel of the block is,
-    so a thin tree stays a connected tree at low res instead of aliasing into scattered points). Lobe labels are
-    always subsampled: labels neither average nor take a maximum.
+    so a thin tree stays a connected tree at low res instead of aliasing into scattered points) or
+    ``"block_max_airway"`` (the airway only: the block-max vessel tree fills a third of a small grid's lungs and takes
+    a small network's capacity from the CT). Lobe labels are always subsampled: labels neither average nor take a
+    maximum.
     """
 
     lowres_shape_zyx: list[int]

@@ -9,8 +9,8 @@ from pathlib import Path
 TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps", "batch_size", "grad_accum", "lr",
                  "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
                  "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache", "channel_weights", "lr_noise_max",
-                 "tree_thinning", "min_snr_gamma", "structure_ct_weights", "init_weights", "rendered_lowres",
-                 "rendered_share", "lowres_mask_dropout")
+                 "tree_thinning", "min_snr_gamma", "structure_ct_weights", "fluid_ct_weight", "init_weights",
+                 "rendered_lowres", "rendered_share", "lowres_mask_dropout")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -92,6 +92,9 @@ def add_training_commands(sub) -> None:
     p.add_argument("--structure-ct-weights", default=None,
                    help="CT loss weights inside the airway,vessels channels (default 1,1; e.g. 10,1 so the SR stage "
                         "carves the airway lumen where the channel is)")
+    p.add_argument("--fluid-ct-weight", type=float, default=None,
+                   help="CT loss weight where the target has pleural-fluid density (-20..30 HU) outside the lung "
+                        "lobes (default 1; e.g. 10 so the low-res stage keeps an effusion at fluid density)")
     p.add_argument("--init-weights", default=None,
                    help="fine-tune: start from this weight file (ours or an official checkpoint) or model folder "
                         "instead of a fresh initialisation; a resumed run continues from its checkpoint instead")

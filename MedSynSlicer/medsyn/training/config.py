@@ -43,6 +43,9 @@ class TrainConfig:
     # their lumens and blood are a fraction of a percent of the CT's voxels, so a small SR network learns to copy the
     # blurred low-res CT there and ignore the channels it is given; raising the airway's (e.g. 10,1) teaches it to
     # carve the lumen wherever the airway channel says (what anatomy-conditioned editing relies on)
+    fluid_ct_weight: float = 1.0  # CT loss weight where the target has pleural-fluid density outside the lung lobes:
+    # fluid (8 HU) and the muscle or liver beside it (50-58 HU) differ by 0.05 in model space, so a small low-res
+    # network trained with the plain MSE may fill an effusion with tissue density, which no reader calls fluid
     min_snr_gamma: Optional[float] = None  # None: the official uniform x0 MSE over t. γ weights each sample by
     # min(SNR(t), γ)/γ (Min-SNR, Hang et al. 2023): high-noise steps count less, so a small model spends its capacity
     # on the low-noise steps that decide the final intensities
@@ -115,6 +118,8 @@ class TrainConfig:
         if len(self.structure_ct_weights) != 2 or min(self.structure_ct_weights) <= 0:
             raise MedSynError(f"structure_ct_weights {self.structure_ct_weights} must be 2 positive numbers "
                               "(airway, vessels)")
+        if self.fluid_ct_weight <= 0:
+            raise MedSynError(f"fluid_ct_weight must be positive (1 = the official loss), got {self.fluid_ct_weight}")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise MedSynError(f"min_snr_gamma must be positive (e.g. 5), got {self.min_snr_gamma}")
         if self.precision not in PRECISIONS:

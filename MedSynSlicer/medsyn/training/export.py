@@ -86,6 +86,9 @@ def _copy_stage(source: Path, state: dict[str, Any], target: Path, steps: int, g
                      guidance_scale=guidance_scale)
 
 
+LOSS_WEIGHT_OPTIONS = ("channel_weights", "structure_ct_weights", "fluid_ct_weight", "min_snr_gamma")
+
+
 def _training_summary(state: dict[str, Any], weight_file: Path) -> dict[str, Any]:
     """What a reader of the card needs to judge the weights: how long, on what, how far the loss came."""
     config = state["config"]
@@ -94,4 +97,5 @@ def _training_summary(state: dict[str, Any], weight_file: Path) -> dict[str, Any
             "global_batch": state["global_batch"], "world_size": state["world_size"], "lr": config["lr"],
             "seed": state["seed"], "data": config["data"], "checkpoint": str(weight_file.parent),
             "init_weights": config.get("init_weights"), "init_weights_sha256": state.get("init_weights_sha256"),
-            "rendered_lowres": config.get("rendered_lowres"), "lowres_mask_dropout": config.get("lowres_mask_dropout")}
+            "rendered_lowres": config.get("rendered_lowres"), "lowres_mask_dropout": config.get("lowres_mask_dropout"),
+            "loss_weights": {key: config.get(key) for key in LOSS_WEIGHT_OPTIONS}}

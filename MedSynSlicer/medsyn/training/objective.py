@@ -6,8 +6,12 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..codec import DEFAULT_HU_WINDOW, hu_to_model
 from ..data.transforms import TREE_CHANNELS
 from ..diffusion.schedule import NUM_TIMESTEPS, alpha_cumprod, q_sample
+from ..evaluation.ct_segmentation import FLUID_HU
+
+LOBE_BACKGROUND_BELOW = -0.8  # lobe channel value under this is background (label 0 = -1, label 1 = -0.6)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
@@ -30,14 +34,19 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.
     return squared.sum() / total
 
 
-def structure_ct_weights(x0: torch.Tensor, weights: Sequence[float]) -> Optional[torch.Tensor]:
-    """(B, 1, D, H, W) CT loss weights: ``weights`` = (airway, vessels) where the target's channel is foreground
-    (the larger where both are), 1 elsewhere; None when both are 1 (the official loss)."""
-    if all(weight == 1.0 for weight in weights):
+def ct_voxel_weights(x0: torch.Tensor, structure_weights: Sequence[float], fluid_weight: float = 1.0,
+                     hu_window: Sequence[float] = DEFAULT_HU_WINDOW) -> Optional[torch.Tensor]:
+    """(B, 1, D, H, W) CT loss weights: ``structure_weights`` = (airway, vessels) where the target's channel is
+    foreground, ``fluid_weight`` where the target CT has pleural-fluid density (the evaluation's fluid window) outside
+    the lung lobes; the largest where several apply, 1 elsewhere; None when all are 1 (the official loss)."""
+    if fluid_weight == 1.0 and all(weight == 1.0 for weight in structure_weights):
         return None
-    voxel = torch.ones_like(x0[:, :1])
-    for channel, weight in zip(TREE_CHANNELS, weights):
-        inside = x0[:, channel:channel + 1] > 0
+    regions = [(x0[:, channel:channel + 1] > 0, weight) for channel, weight in zip(TREE_CHANNELS, structure_weights)]
+    low, high = (float(hu_to_model(hu, tuple(hu_window))) for hu in FLUID_HU)
+    ct = x0[:, :1]
+    regions.append(((ct >= low) & (ct <= high) & (x0[:, 1:2] < LOBE_BACKGROUND_BELOW), fluid_weight))
+    voxel = torch.ones_like(ct)
+    for inside, weight in regions:
         voxel = torch.where(inside, torch.maximum(voxel, torch.full_like(voxel, weight)), voxel)
     return voxel
 
@@ -50,7 +59,8 @@ def min_snr_weights(t: torch.Tensor, gamma: float) -> torch.Tensor:
 
 def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict[str, torch.Tensor], stage: str,
             channel_weights: Optional[Sequence[float]] = None, min_snr_gamma: Optional[float] = None,
-            structure_weights: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
+            structure_weights: Sequence[float] = (1.0, 1.0), fluid_weight: float = 1.0,
+            hu_window: Sequence[float] = DEFAULT_HU_WINDOW) -> torch.Tensor:
     """Noise x0 to time t ~ U(0, 1), predict x0 from it (time fed as t·1000, as the training scripts do).
 
     Low-res: samples flagged ``drop_text`` see the learned null embedding instead of their report, which is what
@@ -67,4 +77,4 @@ def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict
         prediction = model(x_t, time, batch["x_lr"])
     sample_weights = min_snr_weights(t, min_snr_gamma) if min_snr_gamma is not None else None
     return masked_mse(prediction.float(), x0, batch["loss_mask"], channel_weights, sample_weights,
-                      structure_ct_weights(x0, structure_weights))
+                      ct_voxel_weights(x0, structure_weights, fluid_weight, hu_window))

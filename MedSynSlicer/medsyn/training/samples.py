@@ -15,7 +15,7 @@ import torch
 
 from ..codec import lowres_to_sr_condition
 from ..data.dataset import PreparedDataset
-from ..data.transforms import TREE_CHANNELS, block_view, lowres_on_grid
+from ..data.transforms import BLOCK_MAX_CHANNELS, block_view, lowres_on_grid
 from ..errors import MedSynError
 
 if TYPE_CHECKING:  # rendered_lowres draws its noise with this module's seeded_generator
@@ -86,8 +86,10 @@ class TrainingSamples(torch.utils.data.Dataset):
         self.data, self.stage, self.seed = data, stage, seed
         self.order = DataOrder(len(data), seed)
         self.text_dropout, self.lr_noise_max = text_dropout, lr_noise_max
-        if tree_thinning and data.grid.lowres_masks != "block_max":
-            raise MedSynError("tree_thinning needs a grid with lowres_masks = block_max (it thins block-max trees)")
+        self.block_max_channels = list(BLOCK_MAX_CHANNELS[data.grid.lowres_masks])
+        if tree_thinning and not self.block_max_channels:
+            raise MedSynError("tree_thinning needs a grid with block-max trees (lowres_masks = block_max or "
+                              "block_max_airway); it thins them")
         self.tree_thinning = tree_thinning
         self.rendered, self.rendered_share = rendered, rendered_share
         self.mask_dropout = mask_dropout
@@ -163,9 +165,10 @@ class TrainingSamples(torch.utils.data.Dataset):
 
     def _thinned_trees(self, x0: torch.Tensor, low: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
         """Block-max tree channels keeping only blocks more than ``share`` inside: share 0 is the block max itself."""
-        occupancy = block_view((x0[list(TREE_CHANNELS)] > 0).float(), self.factor).mean(dim=(-5, -3, -1))
+        channels = self.block_max_channels
+        occupancy = block_view((x0[channels] > 0).float(), self.factor).mean(dim=(-5, -3, -1))
         low = low.clone()
-        low[list(TREE_CHANNELS)] = torch.where(occupancy > share, 1.0, -1.0).to(low.dtype)
+        low[channels] = torch.where(occupancy > share, 1.0, -1.0).to(low.dtype)
         return low
 
 

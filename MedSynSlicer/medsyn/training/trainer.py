@@ -206,7 +206,8 @@ class _Run:
             with nullcontext() if last or not context.active else model.no_sync():
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     loss = x0_loss(model, null_cond_emb, batch, config.stage, config.channel_weights,
-                                   config.min_snr_gamma, config.structure_ct_weights)
+                                   config.min_snr_gamma, config.structure_ct_weights, config.fluid_ct_weight,
+                                   self.spec.hu_window)
                 parts.scaler.scale(loss / config.grad_accum).backward()
             total += loss.detach() / config.grad_accum
             cases.append(batch["case"])

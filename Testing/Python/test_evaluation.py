@@ -14,11 +14,10 @@ from medsyn.codec import DecodedVolume
 from medsyn.errors import MedSynError
 from medsyn.evaluation.cli import add_evaluate_command
 from medsyn.evaluation.evaluate import MARKDOWN_NAME, RESULTS_NAME, SUMMARY_NAME, run_evaluation
-from medsyn.evaluation import ct_segmentation as seg
-from medsyn.evaluation.metrics import METRICS, dice, measure_volume, voxel_ml
+from medsyn.evaluation.metrics import METRICS, measure_volume
 from medsyn.evaluation.prompts import read_prompt_set
 from medsyn.evaluation.summary import compare, summarize
-from medsyn.geometry import Grid, to_lps_array
+from medsyn.geometry import Grid
 from medsyn.phantom.generator import generate_phantom
 from medsyn.phantom.params import PhantomParams
 from tiny_model import build_tiny_model
@@ -106,24 +105,6 @@ def test_consistency_is_high_for_true_masks_and_low_for_shuffled_ones(normal):
                                   for mask in (phantom.lobes, phantom.airway, phantom.vessels)])
     for name in ("dice_lungs", "airway_air_fraction", "vessel_blood_fraction", "airway_ct_coverage", "dice_airway"):
         assert shuffled[name] < truth_masks[name] - 0.3, name
-
-
-def test_airway_referee_grows_a_lumen_brighter_than_its_seed_threshold(normal):
-    """A generated CT's trachea is often a little brighter than -950 HU with a few darker specks: the referee must
-    still find the whole lumen from one speck, and still stop where the lungs would join."""
-    phantom, truth_masks = normal
-    ct, spacing = to_lps_array(phantom.ct.astype(np.float32), phantom.grid)
-    truth = to_lps_array(phantom.airway > 0, phantom.grid)[0]
-    ct = np.array(ct)
-    lumen = truth & (ct < -900)
-    ct[lumen] = -920.0
-    top = np.argwhere(lumen)[np.argmax(np.argwhere(lumen)[:, 0])]
-    ct[tuple(top)] = -1000.0  # the one voxel below the seed threshold
-    body = seg.body_mask(ct)
-    found = seg.airway_mask(ct, body, voxel_ml(spacing))
-    assert np.count_nonzero(found) >= np.count_nonzero(lumen)  # the whole lumen, not the speck
-    assert dice(found, truth) > 0.45 and dice(found, truth) >= truth_masks["dice_airway"] - 0.05
-    assert np.count_nonzero(found) * voxel_ml(spacing) < seg.AIRWAY_LEAK_MIN_ML  # no lung joined
 
 
 @pytest.mark.parametrize("ct_value", [-1024, 40])

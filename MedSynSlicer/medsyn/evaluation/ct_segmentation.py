@@ -15,7 +15,6 @@ LUNG_MAX_HU = -400.0  # aerated lung and fissures; the half-way point between lu
 AIRWAY_SEED_HU = -950.0  # only air lumen is this dark (unless emphysema, which the leak check stops)
 AIRWAY_GROW_STEP_HU = 25.0
 AIRWAY_LEAK_RATIO = 1.6  # a threshold step that grows the tree by more than this has leaked into the lungs
-AIRWAY_LEAK_MIN_ML = 150.0  # about the adult anatomical dead space: a grown tree below it cannot hold a lung
 FLUID_HU = (-20.0, 30.0)  # simple pleural fluid; fat is below, muscle, liver and unenhanced blood above
 SOFT_TISSUE_HU = (20.0, 150.0)  # blood, muscle, solid organs; fluid, fat and bone fall outside
 LUNG_MIN_SHARE = 0.1  # an air component at least this share of the largest one is a lung, not bowel gas or noise
@@ -49,16 +48,13 @@ def midline_column(body: np.ndarray) -> float:
     return float(np.average(np.arange(columns.size), weights=columns)) if columns.any() else columns.size / 2.0
 
 
-def airway_mask(ct: np.ndarray, body: np.ndarray, voxel_ml: float) -> np.ndarray:
+def airway_mask(ct: np.ndarray, body: np.ndarray) -> np.ndarray:
     """Air lumen connected to the trachea, grown by raising the threshold until one step leaks into the lungs.
 
     The trachea is the dark component near the midline that reaches highest (it leaves the chest above the lung
     apices). Each step admits partial-volume voxels of the bronchial lumen; aerated lung (about -850 HU) joins at
-    once, which multiplies the volume, so the last step before that jump is kept. A jump that stays below
-    ``AIRWAY_LEAK_MIN_ML`` is lumen, not lung: a lumen a little brighter than the seed threshold (a blurred or
-    generated CT) leaves only a few seed voxels, and the whole trachea joining them is a large ratio but no leak.
-    Thin bronchi that partial volume lifts above the lung's own attenuation cannot be told from lung and are missed:
-    the mask is the central tree.
+    once, which multiplies the volume, so the last step before that jump is kept. Thin bronchi that partial volume
+    lifts above the lung's own attenuation cannot be told from lung and are missed: the mask is the central tree.
     """
     seed = _trachea(ct, body)
     if not seed.any():
@@ -66,8 +62,7 @@ def airway_mask(ct: np.ndarray, body: np.ndarray, voxel_ml: float) -> np.ndarray
     tree = seed
     for threshold in np.arange(AIRWAY_SEED_HU + AIRWAY_GROW_STEP_HU, LUNG_MAX_HU, AIRWAY_GROW_STEP_HU):
         grown = _component_touching((ct < threshold) & body, seed)
-        count = np.count_nonzero(grown)
-        if count > AIRWAY_LEAK_RATIO * np.count_nonzero(tree) and count * voxel_ml > AIRWAY_LEAK_MIN_ML:
+        if np.count_nonzero(grown) > AIRWAY_LEAK_RATIO * np.count_nonzero(tree):
             break
         tree = grown
     return tree

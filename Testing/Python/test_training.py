@@ -278,6 +278,7 @@ def test_block_max_lowres_keeps_thin_trees_connected_and_the_rest_subsampled(wor
     with pytest.raises(MedSynError, match="unknown low-res mask reduction"):
         lowres_of(image, 2, masks="any")
 
+
 def test_block_max_airway_takes_the_block_max_of_the_airway_only():
     """lowres_masks = "block_max_airway": the airway as block maxima, the vessels (and CT, lobes) subsampled."""
     torch.manual_seed(0)

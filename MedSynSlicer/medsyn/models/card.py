@@ -45,8 +45,8 @@ class GridCard:
     subsampling's aliasing; a training option, see docs/training-data.md). ``lowres_masks`` says the same for the
     airway and vessel channels: ``"subsample"`` (official) or ``"block_max"`` (inside where any voxel of the block is,
     so a thin tree stays a connected tree at low res instead of aliasing into scattered points) or
-    ``"block_max_airway"`` (the airway only: the block-max vessel tree fills a third of a small grid's lungs and takes
-    a small network's capacity from the CT). Lobe labels are always subsampled: labels neither average nor take a
+    ``"block_max_airway"`` (the airway only: the block-max vessel tree is about 2000 of a 32³ grid's voxels and may
+    take a small network's capacity from the CT). Lobe labels are always subsampled: labels neither average nor take a
     maximum.
     """
 

@@ -18,6 +18,7 @@ from .checkpoint import EMA_FILE, MODEL_FILE, STATE_FILE, latest_checkpoint, rea
 
 WEIGHT_CHOICES = {"ema": EMA_FILE, "online": MODEL_FILE}
 TEXT_ENCODER_DIR = "text_encoder"
+LOSS_WEIGHT_OPTIONS = ("channel_weights", "structure_ct_weights", "fluid_ct_weight", "min_snr_gamma")
 
 
 def export_model(lowres: Path, out_dir: Path, *, name: str, license: str, sr: Optional[Path] = None,
@@ -84,9 +85,6 @@ def _copy_stage(source: Path, state: dict[str, Any], target: Path, steps: int, g
     shutil.copyfile(source, target)
     return StageCard(network=state["network"], weights=target.name, sha256=sha256_file(target), steps=steps,
                      guidance_scale=guidance_scale)
-
-
-LOSS_WEIGHT_OPTIONS = ("channel_weights", "structure_ct_weights", "fluid_ct_weight", "min_snr_gamma")
 
 
 def _training_summary(state: dict[str, Any], weight_file: Path) -> dict[str, Any]:

@@ -6,12 +6,12 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..codec import DEFAULT_HU_WINDOW, hu_to_model
+from ..codec import DEFAULT_HU_WINDOW, NUM_LOBE_LABELS, hu_to_model
 from ..data.transforms import TREE_CHANNELS
 from ..diffusion.schedule import NUM_TIMESTEPS, alpha_cumprod, q_sample
 from ..evaluation.ct_segmentation import FLUID_HU
 
-LOBE_BACKGROUND_BELOW = -0.8  # lobe channel value under this is background (label 0 = -1, label 1 = -0.6)
+LOBE_BACKGROUND_BELOW = -1.0 + 1.0 / NUM_LOBE_LABELS  # below it the lobe channel rounds to label 0 (background)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,

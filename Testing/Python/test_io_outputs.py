@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -260,6 +262,60 @@ def test_failure_keeps_the_previous_result(tmp_path):
         with AtomicOutputDir(out, overwrite=True):
             raise RuntimeError("cancelled")
     assert (out / "ct.nii.gz").read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+# A second process holding an AtomicOutputDir open: prints its staging folder, then waits for a file to appear
+# (or is killed) before it tries to publish, and prints what happened.
+WRITER = """
+import sys, time
+from pathlib import Path
+from medsyn.errors import MedSynError
+from medsyn.io.outputs import AtomicOutputDir
+out, go = Path(sys.argv[1]), Path(sys.argv[2])
+try:
+    with AtomicOutputDir(out) as staging:
+        (staging / "first.txt").write_text("first writer")
+        print(staging, flush=True)
+        while not go.exists():
+            time.sleep(0.05)
+    print("published", flush=True)
+except MedSynError as error:
+    print(error, flush=True)
+"""
+
+
+def _start_writer(out: Path, go: Path) -> tuple[subprocess.Popen, Path]:
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(go)], stdout=subprocess.PIPE, text=True)
+    return writer, Path(writer.stdout.readline().strip())
+
+
+def test_concurrent_writers_keep_each_others_staging_and_the_late_one_fails_clearly(tmp_path):
+    out, go = tmp_path / "run", tmp_path / "go"
+    writer, their_staging = _start_writer(out, go)
+    try:
+        with AtomicOutputDir(out) as staging:
+            assert (their_staging / "first.txt").exists(), "a live writer's staging folder was deleted"
+            (staging / "second.txt").write_text("second writer")
+    finally:
+        go.touch()
+        message = writer.communicate(timeout=60)[0]
+    assert "another run wrote" in message and "own output folder" in message
+    assert sorted(p.name for p in out.iterdir()) == ["second.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "run"]
+
+
+def test_a_killed_writers_staging_is_cleaned_up_by_the_next_run(tmp_path):
+    out = tmp_path / "run"
+    writer, their_staging = _start_writer(out, tmp_path / "never")
+    writer.kill()
+    writer.communicate(timeout=60)
+    elsewhere = tmp_path / ".run.partial-otherhost-1-0123abcd"  # another machine's writer cannot be checked
+    elsewhere.mkdir()
+    assert their_staging.exists()
+    with AtomicOutputDir(out) as staging:
+        (staging / "ct.nii.gz").write_bytes(b"new")
+    assert not their_staging.exists() and elsewhere.exists()
+    assert [p.name for p in out.iterdir()] == ["ct.nii.gz"]
 
 
 def test_output_below_a_file_is_not_writable(tmp_path):

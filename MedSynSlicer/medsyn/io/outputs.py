@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -69,8 +70,9 @@ class AtomicOutputDir:
 
     def __enter__(self) -> Path:
         check_output_dir(self.out_dir, self.overwrite)
-        for stale in self.out_dir.parent.glob(f".{self.out_dir.name}.partial-*"):  # left by a killed writer
-            shutil.rmtree(stale, ignore_errors=True)
+        for staging in self.out_dir.parent.glob(f".{self.out_dir.name}.partial-*"):
+            if _writer_is_gone(staging.name):
+                shutil.rmtree(staging, ignore_errors=True)
         staging = self._sibling("partial")
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -93,13 +95,17 @@ class AtomicOutputDir:
         try:
             self._publish(staging)
         except OSError as error:
-            shutil.rmtree(staging, ignore_errors=True)
             raise MedSynError(f"could not move results into {self.out_dir}: {error.strerror}") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # already gone once published
 
     def _publish(self, staging: Path) -> None:
         if not self.out_dir.exists():
             os.replace(staging, self.out_dir)
             return
+        if not self.overwrite and any(self.out_dir.iterdir()):
+            raise MedSynError(f"another run wrote {self.out_dir} while this one was running, so this result was "
+                              f"discarded; give each run its own output folder")
         # Renaming over a folder is not portable, so the old one steps aside first and is deleted last.
         retired = self._sibling("replaced")
         os.replace(self.out_dir, retired)
@@ -107,7 +113,31 @@ class AtomicOutputDir:
         shutil.rmtree(retired, ignore_errors=True)
 
     def _sibling(self, role: str) -> Path:
-        return self.out_dir.with_name(f".{self.out_dir.name}.{role}-{uuid.uuid4().hex[:8]}")
+        """A hidden neighbour of ``out_dir`` named after this writer, so that another writer can tell if it is alive."""
+        return self.out_dir.with_name(f".{self.out_dir.name}.{role}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
+def _writer_is_gone(staging_name: str) -> bool:
+    """True for the staging folder of a killed writer on this machine.
+
+    A live writer's folder, another machine's (its processes cannot be checked from here) and any on Windows (where
+    ``os.kill`` would terminate the process it probes) are left alone: hidden leftovers are harmless, deleting a
+    running job's folder is not.
+    """
+    host, _, rest = staging_name.rsplit(".partial-", 1)[-1].partition("-")
+    pid = rest.partition("-")[0]
+    if os.name == "nt" or host != _HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but belongs to another user
+        return False
+    return False
 
 
 def write_generation_outputs(

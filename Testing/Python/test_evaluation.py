@@ -14,10 +14,11 @@ from medsyn.codec import DecodedVolume
 from medsyn.errors import MedSynError
 from medsyn.evaluation.cli import add_evaluate_command
 from medsyn.evaluation.evaluate import MARKDOWN_NAME, RESULTS_NAME, SUMMARY_NAME, run_evaluation
-from medsyn.evaluation.metrics import METRICS, measure_volume
+from medsyn.evaluation import ct_segmentation as seg
+from medsyn.evaluation.metrics import METRICS, measure_volume, volume_ml, voxel_ml
 from medsyn.evaluation.prompts import read_prompt_set
 from medsyn.evaluation.summary import compare, summarize
-from medsyn.geometry import Grid
+from medsyn.geometry import Grid, to_lps_array
 from medsyn.phantom.generator import generate_phantom
 from medsyn.phantom.params import PhantomParams
 from tiny_model import build_tiny_model
@@ -105,6 +106,51 @@ def test_consistency_is_high_for_true_masks_and_low_for_shuffled_ones(normal):
                                   for mask in (phantom.lobes, phantom.airway, phantom.vessels)])
     for name in ("dice_lungs", "airway_air_fraction", "vessel_blood_fraction", "airway_ct_coverage", "dice_airway"):
         assert shuffled[name] < truth_masks[name] - 0.3, name
+
+
+def _with_edited_trachea(phantom, edit) -> dict:
+    """Measure the phantom after ``edit(ct_view, airway_view)`` changed its CT (views in the referee's LPS frame)."""
+    ct = phantom.ct.copy()
+    edit(to_lps_array(ct, phantom.grid)[0], to_lps_array(phantom.airway, phantom.grid)[0] > 0)
+    return measure_volume(DecodedVolume(ct, phantom.lobes, phantom.airway, phantom.vessels), phantom.grid).values
+
+
+def test_airway_referee_survives_a_noise_speck_above_the_trachea_and_a_gap_in_it(normal):
+    """Generated tracheas are fragmented and noisy; the referee must still find the tree, not a speck or a stub."""
+    phantom, intact = normal
+
+    def speck_above(ct, airway):  # the trachea's top three slices turn to tissue; one dark voxel stays at the top
+        top = int(np.flatnonzero(airway.any(axis=(1, 2))).max())
+        ct[top - 2:top + 1][airway[top - 2:top + 1]] = 40
+        y, x = np.argwhere(airway[top]).mean(axis=0).round().astype(int)
+        ct[top, y, x] = -1000
+
+    def gap(ct, airway):  # one slice of the trachea partial-volumed to -900 HU, above the seed threshold
+        lumen = np.flatnonzero(((ct < -950) & airway).any(axis=(1, 2)))
+        z = (lumen.min() + lumen.max()) // 2 + 5
+        ct[z][(ct[z] < -900) & airway[z]] = -900
+
+    for edit in (speck_above, gap):
+        values = _with_edited_trachea(phantom, edit)
+        assert values["dice_airway"] > intact["dice_airway"] - 0.06, edit.__name__
+        assert values["airway_ct_coverage"] > 0.9, edit.__name__
+
+
+def test_airway_referee_stops_a_tree_creeping_into_a_dark_lung():
+    """A trachea opening into lung that darkens towards it, so each threshold step adds 15 mL and never jumps: the
+    tree must stop at an airway's size instead of swallowing the lung (as a ratio-only leak rule does)."""
+    spacing = (5.0, 5.0, 5.0)
+    ct = np.full((48, 48, 48), 40.0, dtype=np.float32)  # z (inferior → superior), y, x in the referee's frame
+    z, y, x = np.indices(ct.shape)
+    trachea = (z >= 30) & ((y - 24) ** 2 + (x - 24) ** 2 <= 4)
+    lung = (z >= 4) & (z < 30) & (y >= 8) & (y < 40) & (x >= 8) & (x < 40)
+    ct[trachea] = -1000.0
+    distance = np.sqrt((z - 30.0) ** 2 + (y - 24.0) ** 2 + (x - 24.0) ** 2)[lung]
+    layer = np.argsort(np.argsort(distance, kind="stable")) * voxel_ml(spacing) // 15.0
+    ct[lung] = np.minimum(seg.AIRWAY_SEED_HU + 5 + seg.AIRWAY_GROW_STEP_HU * layer, -850.0)
+    tree = seg.airway_mask(ct, seg.body_mask(ct), voxel_ml(spacing))
+    assert tree[trachea].all()
+    assert seg.AIRWAY_MAX_ML - 15 < volume_ml(tree, spacing) <= seg.AIRWAY_MAX_ML
 
 
 @pytest.mark.parametrize("ct_value", [-1024, 40])

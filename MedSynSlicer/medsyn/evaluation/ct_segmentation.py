@@ -14,7 +14,10 @@ BODY_MIN_HU = -500.0  # fat (-100) and everything denser is body; lung (-850) an
 LUNG_MAX_HU = -400.0  # aerated lung and fissures; the half-way point between lung and soft tissue
 AIRWAY_SEED_HU = -950.0  # only air lumen is this dark (unless emphysema, which the leak check stops)
 AIRWAY_GROW_STEP_HU = 25.0
-AIRWAY_LEAK_RATIO = 1.6  # a threshold step that grows the tree by more than this has leaked into the lungs
+AIRWAY_LEAK_RATIO = 1.6  # a threshold step that grows the tree by more than this has leaked into the lungs...
+AIRWAY_LEAK_MIN_ML = 20.0  # ...and adds this much: a bronchus or trachea fragment adds a few mL, a lung hundreds
+AIRWAY_MAX_ML = 100.0  # twice the visible tree of a 128³ phantom (46-52 mL): a larger one has crept into lung
+AIRWAY_SEED_MIN_ML = 0.2  # darker specks are noise; a 1 cm stretch of adult trachea alone holds about 2 mL
 FLUID_HU = (-20.0, 30.0)  # simple pleural fluid; fat is below, muscle, liver and unenhanced blood above
 SOFT_TISSUE_HU = (20.0, 150.0)  # blood, muscle, solid organs; fluid, fat and bone fall outside
 LUNG_MIN_SHARE = 0.1  # an air component at least this share of the largest one is a lung, not bowel gas or noise
@@ -48,36 +51,47 @@ def midline_column(body: np.ndarray) -> float:
     return float(np.average(np.arange(columns.size), weights=columns)) if columns.any() else columns.size / 2.0
 
 
-def airway_mask(ct: np.ndarray, body: np.ndarray) -> np.ndarray:
+def airway_mask(ct: np.ndarray, body: np.ndarray, voxel_ml: float) -> np.ndarray:
     """Air lumen connected to the trachea, grown by raising the threshold until one step leaks into the lungs.
 
     The trachea is the dark component near the midline that reaches highest (it leaves the chest above the lung
     apices). Each step admits partial-volume voxels of the bronchial lumen; aerated lung (about -850 HU) joins at
-    once, which multiplies the volume, so the last step before that jump is kept. Thin bronchi that partial volume
-    lifts above the lung's own attenuation cannot be told from lung and are missed: the mask is the central tree.
+    once, which multiplies the volume, so the last step before that jump is kept. A jump counts in millilitres as
+    well as in ratio, so a trachea that noise splits into fragments can still join up from its top fragment, and an
+    upper bound stops a tree that creeps into a dark lung step by step. Thin bronchi that partial volume lifts above
+    the lung's own attenuation cannot be told from lung and are missed: the mask is the central tree.
     """
-    seed = _trachea(ct, body)
+    seed = _trachea(ct, body, voxel_ml)
     if not seed.any():
         return seed
-    tree = seed
+    tree, size = seed, np.count_nonzero(seed)
     for threshold in np.arange(AIRWAY_SEED_HU + AIRWAY_GROW_STEP_HU, LUNG_MAX_HU, AIRWAY_GROW_STEP_HU):
         grown = _component_touching((ct < threshold) & body, seed)
-        if np.count_nonzero(grown) > AIRWAY_LEAK_RATIO * np.count_nonzero(tree):
+        grown_size = np.count_nonzero(grown)
+        jump = grown_size > AIRWAY_LEAK_RATIO * size and (grown_size - size) * voxel_ml > AIRWAY_LEAK_MIN_ML
+        if jump or grown_size * voxel_ml > AIRWAY_MAX_ML:
             break
-        tree = grown
+        tree, size = grown, grown_size
     return tree
 
 
-def _trachea(ct: np.ndarray, body: np.ndarray) -> np.ndarray:
-    """The air-lumen component whose top is highest among those whose top lies in the middle third of the body."""
+def _trachea(ct: np.ndarray, body: np.ndarray, voxel_ml: float) -> np.ndarray:
+    """The air-lumen component whose top is highest among those whose top lies in the middle third of the body.
+
+    Components smaller than ``AIRWAY_SEED_MIN_ML`` are skipped: a dark noise voxel in the top slice would otherwise
+    win and leave the referee with a one-voxel "tree".
+    """
     labels, count = ndimage.label((ct < AIRWAY_SEED_HU) & body, structure=SIX)
     if count == 0:
         return np.zeros(ct.shape, dtype=bool)
+    sizes = ndimage.sum_labels(np.ones(ct.shape, dtype=bool), labels, np.arange(1, count + 1))
     columns = np.flatnonzero(body.any(axis=(0, 1)))
     third = (columns[-1] - columns[0] + 1) / 3.0
     middle = (columns[0] + third, columns[-1] - third)
     best, best_top = 0, -1
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if sizes[label - 1] * voxel_ml < AIRWAY_SEED_MIN_ML:
+            continue
         top = box[0].stop - 1
         top_columns = np.flatnonzero((labels[top] == label).any(axis=0))
         if middle[0] <= top_columns.mean() <= middle[1] and top > best_top:

@@ -63,9 +63,13 @@ class Measurement:
         self.notes.append(reason)
 
 
+def voxel_ml(spacing_xyz: tuple[float, float, float]) -> float:
+    return float(np.prod(spacing_xyz)) / 1000.0
+
+
 def volume_ml(mask: np.ndarray, spacing_xyz: tuple[float, float, float]) -> float:
     """Voxel count × voxel volume, in millilitres."""
-    return float(np.count_nonzero(mask)) * float(np.prod(spacing_xyz)) / 1000.0
+    return float(np.count_nonzero(mask)) * voxel_ml(spacing_xyz)
 
 
 def effusion_ml(fluid: np.ndarray, body: np.ndarray, spacing_xyz: tuple[float, float, float]) -> dict[str, float]:
@@ -137,7 +141,7 @@ def measure_volume(volume: DecodedVolume, grid: Grid) -> Measurement:
     result = Measurement(mask_volumes(lobes, airway_channel, vessel_channel, spacing))
     _measure_channel_density(result, ct, airway_channel, vessel_channel)
     body = seg.body_mask(ct)
-    airway = seg.airway_mask(ct, body)
+    airway = seg.airway_mask(ct, body, voxel_ml(spacing))
     _measure_airway(result, airway, airway_channel)
     lungs = seg.lung_mask(ct, body, airway)
     if lungs.any():
@@ -165,7 +169,7 @@ def _measure_findings(result: Measurement, ct: np.ndarray, body: np.ndarray, lun
     result.values.update(lung_ct_ml=volume_ml(lungs, spacing), laa950_percent=laa950_percent(ct, lungs),
                          dice_lungs=dice(lungs, lobe_channel))
     smooth = seg.denoise(ct)
-    fluid = seg.pleural_fluid_mask(ct, smooth, body, lungs, float(np.prod(spacing)) / 1000.0)
+    fluid = seg.pleural_fluid_mask(ct, smooth, body, lungs, voxel_ml(spacing))
     sides = effusion_ml(fluid, body, spacing)
     result.values.update(effusion_right_ml=sides["right"], effusion_left_ml=sides["left"])
     heart = seg.heart_mask(smooth, lungs, fluid, body, spacing)

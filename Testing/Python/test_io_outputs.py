@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from medsyn.io.preview import PREVIEW_SIZE_PX, VIEWS, pixel_aspect, radiological
 from medsyn.io.provenance import build_provenance, write_json_atomic
 from medsyn.io.segmentation import SEGMENTS, read_seg_nrrd, write_seg_nrrd
 from medsyn.io.volumes import read_volume, write_volume
+from output_writer import killed_writer_staging, start_writer
 
 GRID = Grid((8, 12, 16), (0.9, 1.1, 1.7), (-20.0, 35.5, -110.0), (1, 0, 0, 0, -1, 0, 0, 0, 1))
 
@@ -264,34 +263,9 @@ def test_failure_keeps_the_previous_result(tmp_path):
     assert (out / "ct.nii.gz").read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
-# A second process holding an AtomicOutputDir open: prints its staging folder, then waits for a file to appear
-# (or is killed) before it tries to publish, and prints what happened.
-WRITER = """
-import sys, time
-from pathlib import Path
-from medsyn.errors import MedSynError
-from medsyn.io.outputs import AtomicOutputDir
-out, go = Path(sys.argv[1]), Path(sys.argv[2])
-try:
-    with AtomicOutputDir(out) as staging:
-        (staging / "first.txt").write_text("first writer")
-        print(staging, flush=True)
-        while not go.exists():
-            time.sleep(0.05)
-    print("published", flush=True)
-except MedSynError as error:
-    print(error, flush=True)
-"""
-
-
-def _start_writer(out: Path, go: Path) -> tuple[subprocess.Popen, Path]:
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(go)], stdout=subprocess.PIPE, text=True)
-    return writer, Path(writer.stdout.readline().strip())
-
-
 def test_concurrent_writers_keep_each_others_staging_and_the_late_one_fails_clearly(tmp_path):
     out, go = tmp_path / "run", tmp_path / "go"
-    writer, their_staging = _start_writer(out, go)
+    writer, their_staging = start_writer(out, go)
     try:
         with AtomicOutputDir(out) as staging:
             assert (their_staging / "first.txt").exists(), "a live writer's staging folder was deleted"
@@ -306,9 +280,7 @@ def test_concurrent_writers_keep_each_others_staging_and_the_late_one_fails_clea
 
 def test_a_killed_writers_staging_is_cleaned_up_by_the_next_run(tmp_path):
     out = tmp_path / "run"
-    writer, their_staging = _start_writer(out, tmp_path / "never")
-    writer.kill()
-    writer.communicate(timeout=60)
+    their_staging = killed_writer_staging(out)
     elsewhere = tmp_path / ".run.partial-otherhost-1-0123abcd"  # another machine's writer cannot be checked
     elsewhere.mkdir()
     assert their_staging.exists()

@@ -42,6 +42,7 @@ from medsyn.training.objective import ct_voxel_weights, min_snr_weights, x0_loss
 from medsyn.training.rendered_lowres import RenderedLowres, render_lowres
 from medsyn.training.samples import BatchLayout, TrainingSamples
 from medsyn.training.trainer import autocast_dtype, train
+from output_writer import killed_writer_staging
 from tiny_model import build_tiny_text_encoder
 
 GRID = GridCard(lowres_shape_zyx=[8, 8, 8], sr_factor=2, spacing_xyz=[3.0, 2.5, 2.0],
@@ -597,8 +598,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(workspace, uninterrupted_sr
         train(_config(workspace, tmp_path / "run"), callback=crash_at_step_5)
     run = tmp_path / "run"
     assert latest_checkpoint(run).name == "step_3" and len(_losses(run)) == 3
-    # A crash while writing step 6 leaves a hidden partial folder and possibly log rows past the checkpoint.
-    (run / "checkpoints" / ".step_6.partial-deadbeef").mkdir()
+    # A kill while writing step 6 leaves a hidden partial folder and possibly log rows past the checkpoint.
+    assert killed_writer_staging(run / "checkpoints" / "step_6").exists()
     with (run / "loss.jsonl").open("a") as log:
         log.write(json.dumps({"step": 4, "loss": 99.0, "cases": []}) + "\n")
     resumed = train(_config(workspace, run, resume=True))

@@ -84,7 +84,7 @@ def _trachea(ct: np.ndarray, body: np.ndarray, voxel_ml: float) -> np.ndarray:
     labels, count = ndimage.label((ct < AIRWAY_SEED_HU) & body, structure=SIX)
     if count == 0:
         return np.zeros(ct.shape, dtype=bool)
-    sizes = ndimage.sum_labels(np.ones(ct.shape, dtype=bool), labels, np.arange(1, count + 1))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     columns = np.flatnonzero(body.any(axis=(0, 1)))
     third = (columns[-1] - columns[0] + 1) / 3.0
     middle = (columns[0] + third, columns[-1] - third)

@@ -136,7 +136,7 @@ def _writer_is_gone(staging_name: str) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # exists, but belongs to another user
-        return False
+        pass
     return False
 
 

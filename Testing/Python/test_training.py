@@ -428,6 +428,29 @@ def test_text_dropout_uses_the_null_embedding_and_unknown_channels_leave_the_los
     torch.testing.assert_close(min_snr_weights(torch.tensor([0.0, 1.0]), 5.0), torch.tensor([1.0, 1e-4 / 0.9999 / 5]))
 
 
+def test_anchor_share_moves_each_channel_target_towards_the_anchor_prediction():
+    """With an anchor network, a channel's target is share·anchor x̂0 + (1 − share)·data for the same noisy input;
+    an anchor equal to the trained network gives zero loss on every fully anchored channel."""
+    torch.manual_seed(0)
+    net, anchor = (LowResConfig.from_dict(NETWORKS["lowres"]).build() for _ in range(2))
+    x0, noise, cond = torch.rand(2, 4, 8, 8, 8) * 2 - 1, torch.randn(2, 4, 8, 8, 8), torch.randn(2, 192, 8)
+    t = torch.tensor([0.3, 0.7])
+    batch = {"x0": x0, "noise": noise, "t": t, "cond": cond, "loss_mask": torch.ones(2, 4),
+             "drop_text": torch.tensor([True, False])}
+    x_t = q_sample(x0, t, noise)
+    with torch.no_grad():  # the anchor uses its own null embedding for the sample that dropped its text
+        anchored = torch.cat([anchor(x_t[:1], t[:1] * 1000, None), anchor(x_t[1:], t[1:] * 1000, cond[1:])])
+        prediction = torch.cat([net(x_t[:1], t[:1] * 1000, None), net(x_t[1:], t[1:] * 1000, cond[1:])])
+    share = torch.tensor([0.5, 1.0, 0.0, 1.0])[None, :, None, None, None]
+    target = x0 + share * (anchored - x0)
+    torch.testing.assert_close(x0_loss(net, net.null_cond_emb, batch, "lowres", anchor=anchor,
+                                       anchor_share=(0.5, 1.0, 0.0, 1.0)), ((prediction - target) ** 2).mean())
+    anchor.load_state_dict(net.state_dict())
+    airway_only = x0_loss(net, net.null_cond_emb, batch, "lowres", anchor=anchor, anchor_share=(1.0, 1.0, 0.0, 1.0))
+    torch.testing.assert_close(airway_only, ((prediction - x0) ** 2)[:, 2].mean() / 4)
+    assert x0_loss(net, net.null_cond_emb, batch, "lowres", anchor=anchor, anchor_share=(1.0,) * 4) == 0.0
+
+
 def test_structure_weights_scale_the_ct_error_inside_the_target_airway_and_vessels():
     torch.manual_seed(0)
     net = LowResConfig.from_dict(NETWORKS["lowres"]).build()
@@ -491,6 +514,17 @@ def test_channel_weights_are_parsed_and_validated(workspace, tmp_path, text, mes
     assert _config(workspace, tmp_path / "ok", channel_weights="1,1,4,4").channel_weights == (1.0, 1.0, 4.0, 4.0)
     with pytest.raises(MedSynError, match=message):
         _config(workspace, tmp_path / "bad", channel_weights=text)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"anchor_share": "1,1,0,1"}, "go together"), ({"anchor_model": "anchor"}, "go together"),
+    ({"anchor_model": "anchor", "anchor_share": "1,1,0,2"}, r"shares in \[0, 1\]"),
+    ({"anchor_model": "anchor", "anchor_share": "1,1,0"}, "4 numbers")])
+def test_anchor_model_and_share_are_validated(workspace, tmp_path, options, message):
+    ok = _config(workspace, tmp_path / "ok", anchor_model=tmp_path / "anchor", anchor_share="1,1,0,1")
+    assert ok.anchor_share == (1.0, 1.0, 0.0, 1.0)
+    with pytest.raises(MedSynError, match=message):
+        _config(workspace, tmp_path / "bad", **options)
 
 
 def test_min_snr_gamma_must_be_positive(workspace, tmp_path):
@@ -587,6 +621,18 @@ def test_fine_tune_starts_from_init_weights_with_a_new_grid_encoding(workspace, 
         train(_config(workspace, tmp_path / "mismatch", **{**options, "init_weights": demo}))
     with pytest.raises(MedSynError, match="model_card.json"):
         train(_config(workspace, tmp_path / "not_a_model", **{**options, "init_weights": tmp_path}))
+
+
+def test_anchored_fine_tune_trains_only_the_unanchored_channels(workspace, uninterrupted_sr, tmp_path):
+    """--anchor-model end to end: anchored to the weights it starts from, a run whose every channel is anchored has
+    nothing to learn (zero loss), one that leaves the airway to the data learns from it; both record the anchor."""
+    source = uninterrupted_sr / "checkpoints" / "step_6" / "ema.safetensors"
+    options = dict(init_weights=source, anchor_model=source, lr=1e-12, steps=2, checkpoint_every=2)
+    frozen = train(_config(workspace, tmp_path / "all_anchored", anchor_share="1,1,1,1", **options))
+    assert max(_losses(frozen.run_dir)) < 1e-12
+    assert read_trainer_state(frozen.checkpoint)["anchor_sha256"] == sha256_file(source)
+    airway = train(_config(workspace, tmp_path / "airway_free", anchor_share="1,1,0,1", **options))
+    assert min(_losses(airway.run_dir)) > 1e-6
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(workspace, uninterrupted_sr, tmp_path):

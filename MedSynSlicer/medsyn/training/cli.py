@@ -10,7 +10,7 @@ TRAIN_OPTIONS = ("stage", "data", "out", "model_config", "text_encoder", "steps"
                  "seed", "resume", "checkpoint_every", "crop", "device", "resample", "precision", "num_workers",
                  "ema_decay", "ema_every", "ema_start", "text_dropout", "data_cache", "channel_weights", "lr_noise_max",
                  "tree_thinning", "min_snr_gamma", "structure_ct_weights", "fluid_ct_weight", "init_weights",
-                 "rendered_lowres", "rendered_share", "lowres_mask_dropout")
+                 "rendered_lowres", "rendered_share", "lowres_mask_dropout", "anchor_model", "anchor_share")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -98,6 +98,12 @@ def add_training_commands(sub) -> None:
     p.add_argument("--init-weights", default=None,
                    help="fine-tune: start from this weight file (ours or an official checkpoint) or model folder "
                         "instead of a fresh initialisation; a resumed run continues from its checkpoint instead")
+    p.add_argument("--anchor-model", default=None,
+                   help="fine-tune: a frozen network (weight file or model folder) whose own prediction is the target "
+                        "for the channels given by --anchor-share, so the fine-tune keeps what it does there")
+    p.add_argument("--anchor-share", default=None,
+                   help="with --anchor-model: per channel CT,lobes,airway,vessels, how far the target moves from the "
+                        "data to the anchor's prediction (e.g. 1,1,0,1 trains the airway on data and keeps the rest)")
     p.add_argument("--rendered-lowres", default=None,
                    help="SR: folder from medsyn render-lowres; a share of samples is conditioned on the low-res "
                         "network's rendering of the case instead of the case's own low-res volume")

@@ -69,18 +69,23 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes
     data_cache: Optional[Path] = None  # prepared data folder; None: <out>/data
     init_weights: Optional[Path] = None  # fine-tune: start from this weight file or model folder (ignored on resume)
+    anchor_model: Optional[Path] = None  # fine-tune: frozen network (weight file or model folder) whose x̂0 is the
+    # target for the channels in anchor_share, so the fine-tune keeps what it does there (see anchor.py)
+    anchor_share: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # per channel (CT, lobes, airway,
+    # vessels): how far the target moves from the data to the anchor's x̂0 (1 = the anchor's prediction alone)
 
     @classmethod
     def from_cli_args(cls, **kwargs: Any) -> "TrainConfig":
         """Build from CLI values: None means "use the default", ``crop`` may be "HxW" or "DxHxW" and
-        ``channel_weights`` "1,1,4,4", ``structure_ct_weights`` "10,1", ``lowres_mask_dropout`` "0,0.5,0", paths may
-        be strings."""
+        ``channel_weights`` "1,1,4,4", ``structure_ct_weights`` "10,1", ``lowres_mask_dropout`` "0,0.5,0",
+        ``anchor_share`` "1,1,0,1", paths may be strings."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise MedSynError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
         values = {key: value for key, value in kwargs.items() if value is not None}
-        for key in ("data", "out", "model_config", "text_encoder", "data_cache", "init_weights", "rendered_lowres"):
+        for key in ("data", "out", "model_config", "text_encoder", "data_cache", "init_weights", "rendered_lowres",
+                    "anchor_model"):
             if key in values:
                 values[key] = Path(values[key])
         if isinstance(values.get("crop"), str):
@@ -122,6 +127,12 @@ class TrainConfig:
             raise MedSynError(f"fluid_ct_weight must be positive (1 = the official loss), got {self.fluid_ct_weight}")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise MedSynError(f"min_snr_gamma must be positive (e.g. 5), got {self.min_snr_gamma}")
+        if len(self.anchor_share) != 4 or not all(0.0 <= share <= 1.0 for share in self.anchor_share):
+            raise MedSynError(f"anchor_share {self.anchor_share} must be 4 shares in [0, 1] (CT, lobes, airway, "
+                              "vessels)")
+        if (self.anchor_model is None) != (not any(self.anchor_share)):
+            raise MedSynError("anchor_model and anchor_share go together: pass --anchor-model with a model folder "
+                              "or weight file and --anchor-share with at least one non-zero share (e.g. 1,1,0,1)")
         if self.precision not in PRECISIONS:
             raise MedSynError(f"unknown precision {self.precision!r}; use one of {PRECISIONS}")
         if self.resample not in RESAMPLE_MODES:
@@ -149,7 +160,8 @@ def parse_crop(text: str) -> tuple[int, ...]:
 
 NUMBER_LISTS = {"channel_weights": (("CT", "lobes", "airway", "vessels"), "channel weights"),
                 "structure_ct_weights": (("airway", "vessels"), "structure CT weights"),
-                "lowres_mask_dropout": (("lobes", "airway", "vessels"), "low-res mask dropout")}
+                "lowres_mask_dropout": (("lobes", "airway", "vessels"), "low-res mask dropout"),
+                "anchor_share": (("CT", "lobes", "airway", "vessels"), "anchor shares")}
 
 
 def parse_numbers(text: str, names: tuple[str, ...], what: str = "weights") -> tuple[float, ...]:

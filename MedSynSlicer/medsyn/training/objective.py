@@ -60,21 +60,34 @@ def min_snr_weights(t: torch.Tensor, gamma: float) -> torch.Tensor:
 def x0_loss(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict[str, torch.Tensor], stage: str,
             channel_weights: Optional[Sequence[float]] = None, min_snr_gamma: Optional[float] = None,
             structure_weights: Sequence[float] = (1.0, 1.0), fluid_weight: float = 1.0,
-            hu_window: Sequence[float] = DEFAULT_HU_WINDOW) -> torch.Tensor:
+            hu_window: Sequence[float] = DEFAULT_HU_WINDOW, anchor: Optional[nn.Module] = None,
+            anchor_share: Sequence[float] = (0.0, 0.0, 0.0, 0.0)) -> torch.Tensor:
     """Noise x0 to time t ~ U(0, 1), predict x0 from it (time fed as t·1000, as the training scripts do).
 
     Low-res: samples flagged ``drop_text`` see the learned null embedding instead of their report, which is what
     classifier-free guidance later contrasts against. SR: the degraded low-res volume ``x_lr`` is the condition.
+    With an ``anchor`` network, each channel's target is ``anchor_share`` of the way from the data to the anchor's own
+    x̂0 for the same noisy input, so a fine-tune keeps what the anchor does on those channels (see anchor.py).
     """
     x0, t = batch["x0"], batch["t"]
     x_t = q_sample(x0, t, batch["noise"])
     time = t * NUM_TIMESTEPS
+    prediction = _predict(model, null_cond_emb, batch, x_t, time, stage)
+    target = x0
+    if anchor is not None:
+        with torch.no_grad():
+            anchored = _predict(anchor, getattr(anchor, "null_cond_emb", None), batch, x_t, time, stage).float()
+        share = torch.as_tensor(anchor_share, dtype=x0.dtype, device=x0.device)[None, :, None, None, None]
+        target = torch.lerp(x0, anchored, share)
+    sample_weights = min_snr_weights(t, min_snr_gamma) if min_snr_gamma is not None else None
+    return masked_mse(prediction.float(), target, batch["loss_mask"], channel_weights, sample_weights,
+                      ct_voxel_weights(x0, structure_weights, fluid_weight, hu_window))
+
+
+def _predict(model: nn.Module, null_cond_emb: Optional[torch.Tensor], batch: dict[str, torch.Tensor],
+             x_t: torch.Tensor, time: torch.Tensor, stage: str) -> torch.Tensor:
     if stage == "lowres":
         cond = batch["cond"]
         cond = torch.where(batch["drop_text"][:, None, None], null_cond_emb.expand_as(cond), cond)
-        prediction = model(x_t, time, cond)
-    else:
-        prediction = model(x_t, time, batch["x_lr"])
-    sample_weights = min_snr_weights(t, min_snr_gamma) if min_snr_gamma is not None else None
-    return masked_mse(prediction.float(), x0, batch["loss_mask"], channel_weights, sample_weights,
-                      ct_voxel_weights(x0, structure_weights, fluid_weight, hu_window))
+        return model(x_t, time, cond)
+    return model(x_t, time, batch["x_lr"])

@@ -20,6 +20,7 @@ from ..data.prepare import prepare_dataset
 from ..diffusion.precision import resolve_precision
 from ..errors import MedSynError
 from ..progress import ProgressCallback, report
+from .anchor import load_anchor
 from .checkpoint import checkpoint_folder, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import StageSpec, TrainConfig, read_stage_spec
 from .ddp import DistributedContext, distributed
@@ -82,6 +83,8 @@ class _Run:
         self.layout = BatchLayout(config.batch_size, config.grad_accum, context.world_size)
         self.amp_dtype = autocast_dtype(config.precision, self.device)
         self.init_sha256: Optional[str] = None  # of the weights a fine-tune started from; kept across resumes
+        self.anchor: Optional[torch.nn.Module] = None
+        self.anchor_sha256: Optional[str] = None
 
     def execute(self) -> TrainResult:
         config = self.config
@@ -108,6 +111,8 @@ class _Run:
             self.init_sha256 = load_init_weights(net, config.init_weights, config.stage)
         net = net.to(self.device)
         self._check_text_width(net, data)
+        if config.anchor_model is not None:
+            self.anchor, self.anchor_sha256 = load_anchor(self.spec, config.anchor_model, config.stage, self.device)
         decay, every = STAGE_DEFAULTS[config.stage]
         parts = _Parts(net, EMA(net, config.ema_decay or decay, config.ema_every or every, config.ema_start),
                        torch.optim.AdamW(net.parameters(), lr=config.lr, betas=config.betas,
@@ -207,7 +212,7 @@ class _Run:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     loss = x0_loss(model, null_cond_emb, batch, config.stage, config.channel_weights,
                                    config.min_snr_gamma, config.structure_ct_weights, config.fluid_ct_weight,
-                                   self.spec.hu_window)
+                                   self.spec.hu_window, self.anchor, config.anchor_share)
                 parts.scaler.scale(loss / config.grad_accum).backward()
             total += loss.detach() / config.grad_accum
             cases.append(batch["case"])
@@ -223,7 +228,7 @@ class _Run:
             state = {**self._identity(), "position": step * self.layout.global_batch,
                      "world_size": self.context.world_size, "wall_time_s": wall_time, "loss": log.flush(),
                      "grad_scaler": parts.scaler.state_dict(), "config": self.config.to_dict(),
-                     "init_weights_sha256": self.init_sha256}
+                     "init_weights_sha256": self.init_sha256, "anchor_sha256": self.anchor_sha256}
             save_checkpoint(self.config.out, step, parts.net, parts.ema.model, parts.optimizer, state)
         self.context.barrier()
         return checkpoint_folder(self.config.out, step)
